@@ -1,0 +1,221 @@
+"""Run configuration: PaddleRec-shaped YAML (`runner:` / `hyper_parameters:`) with a schema.
+
+`load_config(path, overrides)` reads the YAML, applies `-o key=value` overrides (values parsed as YAML, so
+ints, floats, bools and lists like `[512,256]` get their types), fills defaults and rejects unknown keys
+and wrong types with a message naming the key. Relative paths written in the file resolve against the
+file's directory (as in PaddleRec); relative paths given with `-o` resolve against the working directory.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ctrkit.data.spec import PADDLEREC_DENSE_DIFF, PADDLEREC_DENSE_MIN, FeatureSpec
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key."""
+
+
+# key -> (type, default). Types: str, int, float, bool, list.
+RUNNER_SCHEMA: dict[str, tuple[type, Any]] = {
+    "model": (str, "deepfm"),
+    "train_data_dir": (str, ""),
+    "train_batch_size": (int, 512),
+    "epochs": (int, 1),
+    "print_interval": (int, 100),
+    "model_save_path": (str, "output/model"),
+    "model_init_path": (str, ""),
+    "test_data_dir": (str, ""),
+    "infer_batch_size": (int, 4096),
+    "infer_load_path": (str, ""),
+    "infer_start_epoch": (int, 0),
+    "infer_end_epoch": (int, 1),
+    "infer_output": (str, ""),
+    "use_gpu": (bool, False),
+    "use_fleet": (bool, False),
+    "seed": (int, 2024),
+    "use_visual": (bool, False),
+    "visual_log_path": (str, "output/visualdl_log"),
+    "data_format": (str, "auto"),
+    "skip_bad_lines": (bool, False),
+    "shuffle_buffer": (int, 100000),
+    "num_workers": (int, 1),
+    "dense_min": (list, list(PADDLEREC_DENSE_MIN)),
+    "dense_diff": (list, list(PADDLEREC_DENSE_DIFF)),
+}
+PATH_KEYS = ("train_data_dir", "model_save_path", "model_init_path", "test_data_dir", "infer_load_path",
+             "infer_output", "visual_log_path")
+
+# Keys PaddleRec configs carry that mean nothing here (readers are found by format, not by path).
+PADDLEREC_IGNORED_RUNNER_KEYS = {"train_reader_path", "infer_reader_path", "use_auc", "use_inference",
+                                 "save_inference_feed_varnames", "save_inference_fetch_varnames",
+                                 "use_xpu", "use_npu", "thread_num", "reader_type"}
+PADDLEREC_IGNORED_HP_KEYS = {"sparse_inputs_slots", "distributed_embedding", "num_field", "act"}
+
+OPTIMIZER_SCHEMA: dict[str, tuple[type, Any]] = {
+    "class": (str, "Adam"),
+    "learning_rate": (float, 0.001),
+    "lazy_mode": (bool, True),   # lazy Adam on sparse embedding rows (PADDLE_NOTES: ~1.7x faster on CPU)
+    "strategy": (str, "async"),  # PaddleRec's parameter-server strategy name; accepted, unused here
+}
+OPTIMIZERS = ("Adam", "SGD", "Adagrad")
+
+
+@dataclass
+class Config:
+    """A validated configuration. `runner` and `hyper_parameters` are plain dicts."""
+
+    path: str
+    runner: dict
+    hyper_parameters: dict
+
+    def get(self, dotted: str) -> Any:
+        """PaddleRec-style lookup: `config.get("runner.train_batch_size")`."""
+        node: Any = {"runner": self.runner, "hyper_parameters": self.hyper_parameters}
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(dotted)
+            node = node[part]
+        return node
+
+    @property
+    def model_name(self) -> str:
+        return self.runner["model"]
+
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(
+            sparse_feature_number=self.hyper_parameters["sparse_feature_number"],
+            data_format=self.runner["data_format"],
+            dense_min=tuple(self.runner["dense_min"]),
+            dense_diff=tuple(self.runner["dense_diff"]),
+        )
+
+    def to_dict(self) -> dict:
+        return {"runner": copy.deepcopy(self.runner), "hyper_parameters": copy.deepcopy(self.hyper_parameters)}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`hyper_parameters.fc_sizes=[512,256]` -> ("hyper_parameters.fc_sizes", [512, 256])."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    if not (key.startswith("runner.") or key.startswith("hyper_parameters.")):
+        raise ConfigError(f"override key {key!r} must start with 'runner.' or 'hyper_parameters.'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from None
+    return key, value
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _coerce(key: str, expected: type, value: Any) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is str and value is None:
+        return ""
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"config key {key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _validate_section(section: dict, schema: dict, prefix: str, ignored: set[str]) -> dict:
+    unknown = set(section) - set(schema) - ignored
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in sorted(unknown))}; "
+                          f"known: {', '.join(sorted(schema))}")
+    out = {}
+    for key, (typ, default) in schema.items():
+        out[key] = _coerce(prefix + key, typ, section[key]) if key in section else copy.deepcopy(default)
+    return out
+
+
+def _resolve_paths(runner: dict, base_dir: str, keys: set[str]) -> None:
+    for key in keys:
+        value = runner.get(key)
+        if value and not os.path.isabs(value):
+            runner[key] = os.path.normpath(os.path.join(base_dir, value))
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> Config:
+    """Read, override, validate. Raises ConfigError naming the offending key."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping with 'runner' and 'hyper_parameters'")
+    unknown_top = set(raw) - {"runner", "hyper_parameters"}
+    if unknown_top:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown_top)}; expected runner, hyper_parameters")
+    for section in ("runner", "hyper_parameters"):
+        if not isinstance(raw.get(section, {}), dict):
+            raise ConfigError(f"{path}: '{section}' must be a mapping")
+    config_dir = os.path.dirname(os.path.abspath(path))
+    runner_in = dict(raw.get("runner") or {})
+    _resolve_paths(runner_in, config_dir, set(PATH_KEYS) & set(runner_in))
+
+    tree = {"runner": runner_in, "hyper_parameters": copy.deepcopy(raw.get("hyper_parameters") or {})}
+    overridden_paths = set()
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+        if key.startswith("runner.") and key[len("runner."):] in PATH_KEYS:
+            overridden_paths.add(key[len("runner."):])
+    _resolve_paths(tree["runner"], os.getcwd(), overridden_paths)
+    return _validated(path, tree)
+
+
+def _validated(path: str, tree: dict) -> Config:
+    from models.registry import get_model_class  # models sit beside the library; imported lazily
+
+    runner = _validate_section(tree["runner"], RUNNER_SCHEMA, "runner.", PADDLEREC_IGNORED_RUNNER_KEYS)
+    try:
+        model_cls = get_model_class(runner["model"])
+    except KeyError as exc:
+        raise ConfigError(f"runner.model: {exc.args[0]}") from None
+    hp_in = dict(tree["hyper_parameters"])
+    optimizer_in = hp_in.pop("optimizer", {}) or {}
+    if not isinstance(optimizer_in, dict):
+        raise ConfigError("hyper_parameters.optimizer must be a mapping")
+    optimizer = _validate_section(optimizer_in, OPTIMIZER_SCHEMA, "hyper_parameters.optimizer.", set())
+    if optimizer["class"] not in OPTIMIZERS:
+        raise ConfigError(f"hyper_parameters.optimizer.class: {optimizer['class']!r} is not one of {OPTIMIZERS}")
+    hp_schema = {k: (type(v) if not isinstance(v, bool) else bool, v)
+                 for k, v in model_cls.default_hyper_parameters().items()}
+    hp = _validate_section(hp_in, hp_schema, "hyper_parameters.", PADDLEREC_IGNORED_HP_KEYS)
+    for ignored in PADDLEREC_IGNORED_HP_KEYS:
+        hp.pop(ignored, None)
+    hp["optimizer"] = optimizer
+    if runner["data_format"] not in ("auto", "slot", "raw"):
+        raise ConfigError(f"runner.data_format must be auto, slot or raw, got {runner['data_format']!r}")
+    for key in ("train_batch_size", "infer_batch_size", "epochs", "print_interval"):
+        if runner[key] <= 0:
+            raise ConfigError(f"runner.{key} must be positive, got {runner[key]}")
+    if runner["infer_end_epoch"] < runner["infer_start_epoch"]:
+        raise ConfigError("runner.infer_end_epoch must be >= runner.infer_start_epoch")
+    config = Config(path=os.path.abspath(path), runner=runner, hyper_parameters=hp)
+    try:
+        config.feature_spec()
+        model_cls.check_hyper_parameters(hp)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config

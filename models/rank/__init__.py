@@ -1,0 +1,1 @@
+"""Ranking (CTR) models; each subpackage registers one model under its folder name."""

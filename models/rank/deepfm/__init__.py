@@ -1,0 +1,3 @@
+from models.rank.deepfm.model import DeepFM
+
+__all__ = ["DeepFM"]
