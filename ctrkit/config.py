@@ -36,6 +36,7 @@ RUNNER_SCHEMA: dict[str, tuple[type, Any]] = {
     "infer_start_epoch": (int, 0),
     "infer_end_epoch": (int, 1),
     "infer_output": (str, ""),
+    "resume": (bool, True),
     "use_gpu": (bool, False),
     "use_fleet": (bool, False),
     "seed": (int, 2024),

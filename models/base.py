@@ -56,5 +56,9 @@ class CTRModel(nn.Layer):
             paddle.static.InputSpec(shape=[None, NUM_SLOTS], dtype="int64", name="sparse_inputs"),
         ]
 
+    def regularization_loss(self) -> paddle.Tensor | None:
+        """Extra loss term the trainer adds (e.g. DCN's L2 on cross weights); None when the model has none."""
+        return None
+
     def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
         raise NotImplementedError

@@ -1,0 +1,46 @@
+"""What every command-line tool shares: logging set-up, `-m/-o` config arguments, and turning user errors
+into one clear line on stderr with exit status 2 (tracebacks are for bugs, not for bad input)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from ctrkit.config import Config, load_config
+
+
+class UserError(Exception):
+    """Bad input from the user (file, flag, config); printed without a traceback."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--config", required=True, help="config.yaml (PaddleRec layout: runner / hyper_parameters)")
+    parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. -o runner.epochs=2 -o hyper_parameters.fc_sizes=[256,128]")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.opt)
+
+
+def run_cli(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Run `main`; exceptions of the given types (plus UserError, ValueError subclasses we raise for bad
+    input) become `error: <message>` on stderr and exit status 2."""
+    from ctrkit.checkpoint import CheckpointError
+    from ctrkit.config import ConfigError
+
+    handled = (UserError, ConfigError, CheckpointError, FileNotFoundError, *user_errors)
+    try:
+        sys.exit(main() or 0)
+    except handled as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,28 @@
+"""Train a CTR model: `python tools/trainer.py -m models/rank/deepfm/config.yaml [-o key=value ...]`.
+
+Writes `<runner.model_save_path>/<epoch>/rec.pdparams` (+ rec.pdopt) after every epoch and resumes from the last
+complete epoch when re-run (runner.resume). The last line of output is a JSON summary.
+"""
+import argparse
+
+from ctrkit.cli import add_config_arguments, config_from_args, run_cli, setup_logging
+from ctrkit.data import DataFormatError
+from ctrkit.training import DeviceError, format_result, train
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    args = parser.parse_args()
+    setup_logging()
+    result = train(config_from_args(args))
+    last = result["epochs"][-1] if result["epochs"] else {}
+    print(format_result({"model": result["model"], "device": result["device"],
+                         "epochs_trained": len(result["epochs"]), "samples": result["samples"],
+                         "samples_per_s": round(result["samples_per_s"], 1), "loss": last.get("loss"),
+                         "checkpoint": result["checkpoint"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, (DataFormatError, DeviceError))
