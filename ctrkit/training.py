@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import paddle
@@ -21,6 +21,7 @@ import paddle.nn.functional as F
 from ctrkit import checkpoint
 from ctrkit.config import Config, ConfigError
 from ctrkit.data import Batch, iter_batches, list_data_files
+from ctrkit.data.paddle_dataset import BatchDataset
 from ctrkit.metrics import auc, logloss
 from models.registry import build_model
 
@@ -71,10 +72,6 @@ def _data_files(config: Config, key: str) -> list[str]:
         return list_data_files(path)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"runner.{key}: {exc}") from None
-
-
-def _to_tensors(batch: Batch) -> tuple[paddle.Tensor, paddle.Tensor]:
-    return paddle.to_tensor(batch.dense), paddle.to_tensor(batch.sparse)
 
 
 class _Progress:
@@ -134,22 +131,27 @@ def _visualdl_writer(config: Config):
     return LogWriter(logdir=config.runner["visual_log_path"])
 
 
-def _train_batches(config: Config, files: list[str], epoch: int) -> Iterator[Batch]:
-    """This epoch's shuffled training batches; the shuffle depends only on (seed, epoch), so a resumed run
-    sees the same data order as an uninterrupted one."""
-    return iter_batches(files, config.feature_spec(), config.runner["train_batch_size"],
-                        shuffle_buffer=config.runner["shuffle_buffer"],
-                        seed=config.runner["seed"] * 1000 + epoch,
-                        skip_bad=config.runner["skip_bad_lines"])
+def _train_batches(config: Config, files: list[str], epoch: int) -> Iterable[tuple[paddle.Tensor, ...]]:
+    """This epoch's shuffled (dense, sparse, label) tensors. The shuffle depends only on (seed, epoch), so a
+    resumed run sees the same data order as an uninterrupted one. With runner.num_workers > 0, DataLoader
+    worker processes parse while this process trains (each worker reads its own shard of the data)."""
+    options = dict(shuffle_buffer=config.runner["shuffle_buffer"], seed=config.runner["seed"] * 1000 + epoch,
+                   skip_bad=config.runner["skip_bad_lines"])
+    spec, batch_size = config.feature_spec(), config.runner["train_batch_size"]
+    workers = config.runner["num_workers"]
+    if workers == 0:
+        return (tuple(paddle.to_tensor(a) for a in batch if a is not None)
+                for batch in iter_batches(files, spec, batch_size, **options))
+    dataset = BatchDataset(files, spec, batch_size, **options)
+    return paddle.io.DataLoader(dataset, batch_size=None, num_workers=workers)
 
 
-def train_one_epoch(model, optimizer, batches: Iterable[Batch], progress: _Progress) -> dict:
+def train_one_epoch(model, optimizer, batches: Iterable[tuple[paddle.Tensor, ...]], progress: _Progress) -> dict:
     model.train()
-    for batch in batches:
-        if batch.label is None:
+    for item in batches:
+        if len(item) != 3:
             raise ConfigError("training data has no click labels (runner.train_data_dir)")
-        dense, sparse = _to_tensors(batch)
-        label = paddle.to_tensor(batch.label)
+        dense, sparse, label = item
         prob = model(dense, sparse)
         loss = F.binary_cross_entropy(prob, label)
         regularization = model.regularization_loss()
@@ -157,7 +159,7 @@ def train_one_epoch(model, optimizer, batches: Iterable[Batch], progress: _Progr
         total.backward()
         optimizer.step()
         optimizer.clear_grad(set_to_zero=False)
-        progress.update(float(loss), batch.label, prob.numpy())
+        progress.update(float(loss), label.numpy(), prob.numpy())
     return progress.close()
 
 
@@ -218,7 +220,7 @@ def predict(model, batches: Iterable[Batch]) -> tuple[np.ndarray | None, np.ndar
     labels, probs = [], []
     with paddle.no_grad():
         for batch in batches:
-            probs.append(model(*_to_tensors(batch)).numpy().ravel())
+            probs.append(model(paddle.to_tensor(batch.dense), paddle.to_tensor(batch.sparse)).numpy().ravel())
             labels.append(None if batch.label is None else batch.label.ravel())
     has_labels = bool(labels) and all(lab is not None for lab in labels)
     flat_probs = np.concatenate(probs) if probs else np.zeros(0, np.float32)
