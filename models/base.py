@@ -43,6 +43,8 @@ class CTRModel(nn.Layer):
             raise ValueError("hyper_parameters.sparse_feature_number must be >= 2")
         if hp.get("sparse_feature_dim", 1) < 1:
             raise ValueError("hyper_parameters.sparse_feature_dim must be >= 1")
+        if not 0.0 <= hp.get("dropout", 0.0) < 1.0:
+            raise ValueError(f"hyper_parameters.dropout must be in [0, 1), got {hp['dropout']!r}")
         for key, value in hp.items():
             if key.endswith("_sizes") and (not isinstance(value, list) or not all(
                     isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):

@@ -1,6 +1,6 @@
 """DeepFM (Guo et al. 2017): a factorization machine and an MLP share one set of field embeddings.
 
-prediction = sigmoid(first_order + fm_second_order + MLP(flatten(embeddings))).
+prediction = sigmoid(first_order + fm_second_order + MLP(flatten(embeddings)) + bias).
 Parameter names match PaddleRec's DeepFM (`fm.*`, `dnn.linear_<i>.*`, `bias`), so its `rec.pdparams` loads.
 """
 import paddle
@@ -21,10 +21,11 @@ class DeepFM(CTRModel):
         n, d = self.hp["sparse_feature_number"], self.hp["sparse_feature_dim"]
         self.fm = FactorizationMachine(n, d)
         self.dnn = MLP((NUM_SLOTS + NUM_DENSE) * d, self.hp["fc_sizes"], 1)
-        # PaddleRec's DeepFM declares this bias but never uses it; kept so state dicts match one to one.
+        # PaddleRec's DeepFM declares this bias but never uses it, so it is 0.0 in its checkpoints: adding it
+        # leaves their predictions unchanged and makes it a trained parameter like every other.
         self.bias = constant_parameter(self, [1], 0.0)
 
     def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
         first_order, second_order, embeddings = self.fm(dense_input, sparse_inputs)
         y_dnn = self.dnn(paddle.flatten(embeddings, start_axis=1))
-        return F.sigmoid(first_order + second_order + y_dnn)
+        return F.sigmoid(first_order + second_order + y_dnn + self.bias)

@@ -1,0 +1,243 @@
+"""Benchmark report in three forms: results.json (everything), report.md (tables a person reads) and PNG charts."""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+# Fields every cell in results.json carries (None where not measured), besides the Cell axes.
+RESULT_FIELDS = ("status", "reason", "samples_per_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_abs_diff",
+                 "peak_rss_mb", "base_rss_mb", "iterations", "measured_s", "create_ms", "engine", "wall_s")
+STATUS_MARK = {"wrong": "WRONG", "skipped": "skipped", "error": "ERROR"}
+
+
+def write_report(out_dir: str, results: dict) -> list[str]:
+    """Write results.json, report.md and the charts into out_dir; returns the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "report.md")]
+    with open(paths[0], "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    charts = write_charts(out_dir, results)
+    with open(paths[1], "w", encoding="utf-8") as f:
+        f.write(render_markdown(results, [os.path.basename(p) for p in charts]))
+    return paths + charts
+
+
+def render_markdown(results: dict, charts: list[str]) -> str:
+    cells = results["cells"]
+    lines = [f"# Inference benchmark: {results['model']['name']} (profile `{results['profile']}`)", "",
+             f"{results['environment']['date']} · `{results['command']}`", ""]
+    lines += _environment(results["environment"])
+    lines += _counts(cells)
+    lines += _best_per_batch(cells)
+    lines += _pivot(cells, "Throughput (samples/s; best per batch size in bold)",
+                    lambda c: f"{c['samples_per_s']:,.0f}", "samples_per_s")
+    lines += _pivot(cells, "Latency per batch, p50 / p99 (ms)",
+                    lambda c: f"{c['p50_ms']:.3g} / {c['p99_ms']:.3g}", None)
+    lines += _labelled(cells)
+    lines += _detail(cells)
+    lines += _reasons(cells, "wrong", "Wrong cells (outputs do not match the golden batch)")
+    lines += _reasons(cells, "error", "Cells that failed")
+    lines += _reasons(cells, "skipped", "Skipped cells (this build or machine cannot run them)")
+    lines += _serving(results.get("serving"))
+    if charts:
+        lines += ["## Charts", ""] + [f"![{name}]({name})" for name in charts] + [""]
+    return "\n".join(lines)
+
+
+def _environment(env: dict) -> list[str]:
+    caps = env["paddle_capabilities"]
+    gpus = ", ".join(f"{g['name']} ({g['memory_total_mb']} MiB)" for g in env["gpus"]) or env["gpu_note"]
+    if env["gpus"]:
+        gpus += f"; driver {env['gpu_driver']}, CUDA driver API {env['cuda_driver_version']}"
+    rows = [
+        ("CPU", f"{env['cpu_model']}, {env['physical_cores']} cores / {env['logical_cpus']} threads "
+                f"({env['cpus_usable']} usable)"),
+        ("Memory", f"{env['memory_total_gb']} GiB ({env['memory_available_gb']} GiB available at start)"),
+        ("OS", f"{env['os']} (kernel {env['kernel']}, {env['machine']})"),
+        ("Python / numpy", f"{env['python']} / {env['numpy']}"),
+        ("Paddle", f"{env['paddle']}; " + ", ".join(f"{k}: {v}" for k, v in caps.items())),
+        ("ONNX Runtime", f"{env['onnxruntime']} ({', '.join(env['onnxruntime_providers'])})"),
+        ("GPU", gpus),
+        ("Load average (1/5/15 min)", f"start {env['load_average_start']}, end {env.get('load_average_end')}"),
+        ("Commit", env["git_commit"] or "unknown"),
+    ]
+    return ["## Environment", "", "| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows] + [""]
+
+
+def _counts(cells: list[dict]) -> list[str]:
+    counts = defaultdict(int)
+    for c in cells:
+        counts[c["status"]] += 1
+    return [f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), ""]
+
+
+def best_cells(cells: list[dict]) -> dict[tuple[str, int], dict]:
+    """(device, batch) -> the correct cell with the most samples/s."""
+    best: dict[tuple[str, int], dict] = {}
+    for c in cells:
+        key = (c["device"], c["batch"])
+        if c["status"] == "ok" and (key not in best or c["samples_per_s"] > best[key]["samples_per_s"]):
+            best[key] = c
+    return best
+
+
+def _best_per_batch(cells: list[dict]) -> list[str]:
+    best = best_cells(cells)
+    if not best:
+        return ["No cell produced correct outputs.", ""]
+    lines = ["## Best correct configuration per batch size", "",
+             "| device | batch | configuration | samples/s | p50 ms | p99 ms | peak RSS MB |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for (device, batch), c in sorted(best.items()):
+        lines.append(f"| {device} | {batch} | **{c['config']}** | {c['samples_per_s']:,.0f} | {c['p50_ms']:.3g} "
+                     f"| {c['p99_ms']:.3g} | {c['peak_rss_mb']:.0f} |")
+    return lines + [""]
+
+
+def _pivot(cells: list[dict], title: str, fmt, best_key: str | None) -> list[str]:
+    batches = sorted({c["batch"] for c in cells})
+    configs = list(dict.fromkeys(c["config"] for c in cells))
+    by_key = {(c["config"], c["batch"]): c for c in cells}
+    best = {id(c) for c in best_cells(cells).values()} if best_key else set()
+    lines = [f"## {title}", "", "| configuration | " + " | ".join(f"b={b}" for b in batches) + " |",
+             "| --- |" + " ---: |" * len(batches)]
+    for config in configs:
+        row = []
+        for b in batches:
+            c = by_key.get((config, b))
+            if c is None:
+                row.append("")
+            elif c["status"] != "ok":
+                row.append(STATUS_MARK[c["status"]])
+            else:
+                row.append(f"**{fmt(c)}**" if id(c) in best else fmt(c))
+        lines.append(f"| {config} | " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def _labelled(cells: list[dict]) -> list[str]:
+    rows = [c for c in cells if c["label"]]
+    if not rows:
+        return []
+    lines = ["## Labelled rows", "", "| row | configuration | batch | status | samples/s | p50 ms | p99 ms |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    for c in rows:
+        if c["status"] == "ok":
+            lines.append(f"| {c['label']} | {c['config']} | {c['batch']} | ok | {c['samples_per_s']:,.0f} "
+                         f"| {c['p50_ms']:.3g} | {c['p99_ms']:.3g} |")
+        else:
+            lines.append(f"| {c['label']} | {c['config']} | {c['batch']} | {c['status']}: {c['reason']} | | | |")
+    return lines + [""]
+
+
+def _detail(cells: list[dict]) -> list[str]:
+    measured = [c for c in cells if c["samples_per_s"] is not None]
+    if not measured:
+        return []
+    lines = ["## Every measured cell", "",
+             "| configuration | batch | status | samples/s | p50 ms | p90 ms | p99 ms | max abs diff | peak RSS MB "
+             "| iterations |", "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in measured:
+        diff = "n/a" if c["max_abs_diff"] is None else f"{c['max_abs_diff']:.2g}"
+        lines.append(f"| {c['config']} | {c['batch']} | {c['status']} | {c['samples_per_s']:,.0f} | "
+                     f"{c['p50_ms']:.3g} | {c['p90_ms']:.3g} | {c['p99_ms']:.3g} | {diff} | "
+                     f"{c['peak_rss_mb']:.0f} | {c['iterations']} |")
+    return lines + [""]
+
+
+def _reasons(cells: list[dict], status: str, title: str) -> list[str]:
+    """One row per (configuration, reason), listing its batch sizes."""
+    grouped: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for c in cells:
+        if c["status"] == status:
+            grouped[(c["config"], c["reason"])].append(c["batch"])
+    if not grouped:
+        return []
+    lines = [f"## {title}", "", "| configuration | batch sizes | reason |", "| --- | --- | --- |"]
+    for (config, reason), batches in grouped.items():
+        text = " ".join(reason.split()).replace("|", "\\|")
+        lines.append(f"| {config} | {', '.join(map(str, batches))} | {text} |")
+    return lines + [""]
+
+
+def _serving(serving: dict | None) -> list[str]:
+    if not serving:
+        return []
+    lines = ["## Serving", ""]
+    rpc, upload = serving.get("rpc"), serving.get("upload")
+    if rpc:
+        lines += ["### RPC server (`python -m serving.rpc`, client `tools/rec_client.py` in its own process)", ""]
+        if rpc["status"] != "ok":
+            lines += [f"Not measured ({rpc['status']}): {rpc['reason']}", ""]
+        else:
+            lines += ["| transport | concurrency | batch | QPS | samples/s | p50 ms | p99 ms | errors | "
+                      "server CPU ms/request |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            lines += [f"| {r['transport']} | {r['concurrency']} | {r['batch']} | {r['qps']:,.1f} | "
+                      f"{r['samples_per_s']:,.0f} | {r['p50_ms']:.3g} | {r['p99_ms']:.3g} | {r['errors']} | "
+                      f"{r['server_cpu_ms_per_request']:.3g} |" for r in rpc["runs"]] + [""]
+    if upload:
+        lines += ["### Upload endpoint (`python -m serving.upload`, client in its own process)", ""]
+        if upload["status"] != "ok":
+            lines += [f"Not measured ({upload['status']}): {upload['reason']}", ""]
+        else:
+            lat, cases = upload["result"]["latency"], upload["result"]["throughput"]
+            lines += ["| case | lines | result |", "| --- | ---: | --- |",
+                      f"| sample upload, round trip | {lat['lines']} | p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms, "
+                      f"p99 {lat['p99_ms']} ms (server {lat['server_total_p50_ms']} ms) |"]
+            lines += [f"| {case} | {t['lines']} | {t['best_lines_per_s']:,} lines/s best, "
+                      f"{t['median_lines_per_s']:,} median |" for case, t in cases.items()] + [""]
+    return lines
+
+
+def write_charts(out_dir: str, results: dict) -> list[str]:
+    """throughput.png (samples/s against batch size per configuration) and, with serving runs,
+    serving_latency.png (p50/p99 per RPC transport, concurrency and batch, and of the upload round trip)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    paths = []
+    by_config: dict[str, list[dict]] = defaultdict(list)
+    for c in results["cells"]:
+        if c["status"] == "ok":
+            by_config[c["config"]].append(c)
+    if by_config:
+        fig, ax = plt.subplots(figsize=(10, 6))
+        for config, cs in by_config.items():
+            cs.sort(key=lambda c: c["batch"])
+            ax.plot([c["batch"] for c in cs], [c["samples_per_s"] for c in cs], marker="o", label=config)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples/s (correct cells only)",
+               title=f"{results['model']['name']}: throughput by configuration")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        paths.append(_save(plt, fig, os.path.join(out_dir, "throughput.png")))
+    runs = serving_latencies(results.get("serving") or {})
+    if runs:
+        fig, ax = plt.subplots(figsize=(10, 5))
+        names = [r["name"] for r in runs]
+        xs = range(len(runs))
+        ax.bar([x - 0.2 for x in xs], [r["p50_ms"] for r in runs], width=0.4, label="p50")
+        ax.bar([x + 0.2 for x in xs], [r["p99_ms"] for r in runs], width=0.4, label="p99")
+        ax.set_xticks(list(xs), names, fontsize=7)
+        ax.set(ylabel="latency per request (ms)", title="Serving latency percentiles")
+        ax.legend()
+        paths.append(_save(plt, fig, os.path.join(out_dir, "serving_latency.png")))
+    return paths
+
+
+def serving_latencies(serving: dict) -> list[dict]:
+    """[{name, p50_ms, p99_ms}] of every measured serving run, for the latency chart."""
+    runs = [{"name": f"rpc {r['transport']}\nc={r['concurrency']} b={r['batch']}", "p50_ms": r["p50_ms"],
+             "p99_ms": r["p99_ms"]} for r in serving.get("rpc", {}).get("runs", [])]
+    upload = serving.get("upload", {})
+    if upload.get("status") == "ok":
+        lat = upload["result"]["latency"]
+        runs.append({"name": f"upload\n{lat['lines']} lines", "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]})
+    return runs
+
+
+def _save(plt, fig, path: str) -> str:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,157 @@
+"""Upload service benchmark: round-trip latency of the 80-line sample and lines/s of a 100k-line upload.
+
+    .venv/bin/python benchmarks/upload_bench.py [--model DIR] [--requests 300] [--lines 100000] [--repeat 3]
+                                                [--server_args "--workers 1 --cpu_threads 2"]
+
+Starts `python -m serving.upload` (waitress) on a free loopback port with --server_args, then measures from a
+client on the same machine (keep-alive session, like a real client):
+  latency     POST /upload of PaddleRec's 80-line slot sample (full=false, top 10), --requests times after
+              20 warm-up requests: p50 / p90 / p99 round trip, and the server's own total_ms (debug=true) p50
+  throughput  POST /upload of --lines lines (the slot sample repeated; also the 100-line raw sample repeated
+              when the model accepts raw lines), full=false and full=true, best and median of --repeat
+              uploads: lines/s over the whole round trip (upload, parse, predict, answer)
+Without --model, a DeepFM with the default hyper-parameters (the tutorial's model, MLP 400-400-400) is exported
+with seeded random weights into --work_dir (the arithmetic is the same as for trained weights).
+Client and server share the machine's cores. Prints a Markdown table and one JSON line (with the load average
+before and after); docs/upload.md records results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import requests
+
+from ctrkit.inference import load_exported_model
+from paddle_infer_bench import ensure_model  # same seeded default DeepFM export as the other benchmarks
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CRITEO = os.path.join(REPO_ROOT, "..", "shared", "data", "criteo")
+WARMUP = 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir: str, server_args: list[str], log_path: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "serving.upload", "--model", model_dir, "--port", str(port),
+                                 *server_args], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the upload server exited (status {proc.returncode}); see {log_path}")
+        try:
+            if requests.get(url + "/ready", timeout=2).status_code == 200:
+                return proc, url
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    proc.terminate()
+    sys.exit(f"the upload server was not ready within 300 s; see {log_path}")
+
+
+def upload(session: requests.Session, url: str, content: bytes, **params) -> dict:
+    response = session.post(url + "/upload", params={"user_id": "bench", **params},
+                            files={"file": ("data.txt", content)}, timeout=600)
+    if response.status_code != 200:
+        sys.exit(f"upload failed: HTTP {response.status_code} {response.text[:300]}")
+    return response.json()
+
+
+def measure_latency(session: requests.Session, url: str, content: bytes, count: int) -> dict:
+    for _ in range(WARMUP):
+        upload(session, url, content)
+    round_trips, server_ms = [], []
+    for _ in range(count):
+        start = time.perf_counter()
+        answer = upload(session, url, content, debug="true")
+        round_trips.append((time.perf_counter() - start) * 1e3)
+        server_ms.append(answer["debug"]["total_ms"])
+    p50, p90, p99 = np.percentile(round_trips, [50, 90, 99])
+    return {"lines": content.count(b"\n"), "requests": count, "p50_ms": round(p50, 2), "p90_ms": round(p90, 2),
+            "p99_ms": round(p99, 2), "server_total_p50_ms": round(statistics.median(server_ms), 2)}
+
+
+def measure_throughput(session: requests.Session, url: str, content: bytes, repeat: int, full: bool) -> dict:
+    lines = content.count(b"\n")
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        answer = upload(session, url, content, full=str(full).lower(), debug="true")
+        runs.append((time.perf_counter() - start, answer["debug"]))
+        assert answer["count"] == lines
+    best_s, best_debug = min(runs, key=lambda run: run[0])
+    median_s = statistics.median(s for s, _ in runs)
+    return {"lines": lines, "bytes": len(content), "full": full, "best_s": round(best_s, 3),
+            "best_lines_per_s": round(lines / best_s), "median_lines_per_s": round(lines / median_s),
+            "server_ms_of_best": best_debug}
+
+
+def repeated(path: str, lines: int) -> bytes:
+    with open(path, "rb") as f:
+        sample = f.readlines()
+    return b"".join((sample * (lines // len(sample) + 1))[:lines])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="exported model directory (default: a seeded default DeepFM in --work_dir)")
+    parser.add_argument("--work_dir", default=os.path.join(REPO_ROOT, "output", "upload_bench"))
+    parser.add_argument("--requests", type=int, default=300, help="latency requests (after 20 warm-up)")
+    parser.add_argument("--lines", type=int, default=100_000, help="lines in the throughput upload")
+    parser.add_argument("--repeat", type=int, default=3, help="throughput uploads per case")
+    parser.add_argument("--server_args", default="", help='extra serving.upload flags, e.g. "--cpu_threads 2"')
+    args = parser.parse_args()
+
+    slot_sample, raw_sample = (os.path.join(CRITEO, name) for name in ("slot_sample.txt", "raw_sample.txt"))
+    for path in (slot_sample, raw_sample):
+        if not os.path.isfile(path):
+            sys.exit(f"{path} is missing (the shared Criteo samples sit beside the checkout)")
+    os.makedirs(args.work_dir, exist_ok=True)
+    model_dir = args.model or ensure_model(args.work_dir, slot_sample)
+    server_args = shlex.split(args.server_args)
+    load_before = os.getloadavg()
+    proc, url = start_server(model_dir, server_args, os.path.join(args.work_dir, "server.log"))
+    try:
+        with requests.Session() as session:
+            latency = measure_latency(session, url, open(slot_sample, "rb").read(), args.requests)
+            slot = repeated(slot_sample, args.lines)
+            throughput = {"slot top10": measure_throughput(session, url, slot, args.repeat, False),
+                          "slot full": measure_throughput(session, url, slot, args.repeat, True)}
+            if load_exported_model(model_dir).feature_spec.data_format in ("auto", "raw"):
+                raw = repeated(raw_sample, args.lines)
+                throughput["raw top10"] = measure_throughput(session, url, raw, args.repeat, False)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    result = {"benchmark": "upload", "model_dir": model_dir, "server_args": server_args, "latency": latency,
+              "throughput": throughput, "cpus": os.cpu_count(), "machine": platform.machine(),
+              "python": platform.python_version(), "load_before": [round(x, 2) for x in load_before],
+              "load_after": [round(x, 2) for x in os.getloadavg()]}
+    print(f"| case | lines | result |\n|---|---|---|\n"
+          f"| 80-line sample, round trip | {latency['lines']} | p50 {latency['p50_ms']} ms, p90 {latency['p90_ms']} "
+          f"ms, p99 {latency['p99_ms']} ms (server {latency['server_total_p50_ms']} ms) |")
+    for name, t in throughput.items():
+        d = t["server_ms_of_best"]
+        print(f"| {name} upload | {t['lines']} | {t['best_lines_per_s']} lines/s best, "
+              f"{t['median_lines_per_s']} median ({t['bytes'] / 2**20:.1f} MiB; server: parse {d['parse_ms']:.0f} "
+              f"ms, inference {d['inference_ms']:.0f} ms, total {d['total_ms']:.0f} ms) |")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Batches -> slot-format text, and raw Criteo -> slot-format conversion (`tools/convert.py`).
+
+Dense values are written as the shortest decimal that reads back as the same float32 (numpy's Dragon4,
+positional notation: no exponent, so the vectorised parser takes them), so parsing a converted file gives
+bit-identical batches to parsing the raw file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from ctrkit.data.parsing import Batch, SLOT_KEYS
+from ctrkit.data.reader import DEFAULT_BLOCK_BYTES, iter_parsed_blocks, list_data_files
+from ctrkit.data.spec import NUM_DENSE, FeatureSpec
+
+_CLICK_TOKENS = np.array(["click:0", "click:1"], dtype=object)
+
+
+def _float32_text(bits: int) -> str:
+    return np.format_float_positional(np.uint32(bits).view(np.float32), unique=True, trim="-")
+
+
+def column_text(values: np.ndarray, prefix: str = "", text=str) -> np.ndarray:
+    """f"{prefix}{text(v)}" for each value, formatting each distinct value once."""
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return np.array([prefix + text(v) for v in distinct.tolist()], dtype=object)[inverse.ravel()]
+
+
+def format_slot_lines(batch: Batch) -> list[str]:
+    """The slot-format lines (without newlines) of a batch; `click:` only when it has labels."""
+    columns = []
+    if batch.label is not None:
+        columns.append(_CLICK_TOKENS[batch.label[:, 0].astype(np.int64)])
+    bits = np.ascontiguousarray(batch.dense, dtype=np.float32).view(np.uint32)  # bits keep -0.0 apart from 0.0
+    columns += [column_text(bits[:, j], "dense_feature:", _float32_text) for j in range(NUM_DENSE)]
+    columns += [column_text(batch.sparse[:, k], key.decode() + ":", str)
+                for k, key in enumerate(SLOT_KEYS[NUM_DENSE:])]
+    return [" ".join(row) for row in np.stack(columns, axis=1).tolist()] if len(batch.dense) else []
+
+
+def convert_to_slot(input_path: str, output_path: str, spec: FeatureSpec, *, skip_bad: bool = False,
+                    block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
+    """Convert raw Criteo file(s) to slot format. A directory converts to a directory of same-named files,
+    a file to a file. Each output appears only when complete (written to a temporary name, then renamed).
+    Returns {"files", "lines", "skipped", "first_skipped"} (the first skipped line's error, or None).
+    Raises DataFormatError (naming file and line) on a bad line unless `skip_bad`, and for an input that is
+    already in slot format."""
+    spec = dataclasses.replace(spec, data_format="raw")
+    files = list_data_files(input_path)
+    if os.path.isdir(input_path):
+        os.makedirs(output_path, exist_ok=True)
+        targets = [os.path.join(output_path, os.path.basename(f)) for f in files]
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+        targets = [output_path]
+    lines = skipped = 0
+    first_skipped = None
+    for source, target in zip(files, targets):
+        if os.path.abspath(source) == os.path.abspath(target):
+            raise ValueError(f"{target}: output would overwrite the input")
+        # hidden while incomplete, so a reader of the output directory never takes it for data
+        partial = os.path.join(os.path.dirname(os.path.abspath(target)),
+                               f".{os.path.basename(target)}.partial-{os.getpid()}")
+        try:
+            with open(partial, "w", encoding="ascii", newline="\n") as out:
+                for parsed in iter_parsed_blocks([source], spec, skip_bad=skip_bad, block_bytes=block_bytes):
+                    text = format_slot_lines(parsed.batch)
+                    out.write("".join(line + "\n" for line in text))
+                    lines += len(text)
+                    skipped += len(parsed.errors)
+                    if parsed.errors and first_skipped is None:
+                        first_skipped = str(parsed.errors[0])
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+    return {"files": len(files), "lines": lines, "skipped": skipped, "first_skipped": first_skipped}

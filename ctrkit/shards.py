@@ -1,0 +1,300 @@
+"""Binary shards: preprocessed rows stored as memory-mappable arrays, so an epoch costs no text parsing.
+
+A shard directory (one per split, written by `tools/prepare_criteo.py`) holds
+
+    manifest.json         format, rows, labels or not, id dtype, the FeatureSpec the rows were made with, and
+                          per shard its row count and each file's size and SHA-256
+    part-00000.dense      float32 [rows, 13]   \\
+    part-00000.sparse     int32 [rows, 26]      } little-endian, C order, no header: np.memmap(path, dtype, shape)
+    part-00000.label      float32 [rows, 1]    /  (no .label file for unlabeled data)
+
+Ids are stored as int32 (half the bytes of int64) whenever sparse_feature_number fits, and become int64 in the
+batches. `open_shards` checks every file's size against the manifest (a truncated or partial shard is refused at
+once) and then its SHA-256 (a corrupted one is refused), before any row is used.
+
+`iter_shard_batches` reads with bounded memory, shuffled by block: the epoch's order is a seeded permutation of
+all blocks of `block_rows` rows over all shards; consecutive blocks are gathered into windows of about
+`shuffle_buffer` rows whose rows are permuted. With `shard_count` n > 1 (distributed ranks) the stream is cut into
+global batches of n * batch_size rows and rank i gets the i-th slice of each, so the ranks see disjoint data that
+covers every row, and the union of their step-k batches is exactly the step-k batch of a single process with
+batch size n * batch_size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ctrkit.data.parsing import Batch
+from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS, FeatureSpec
+
+log = logging.getLogger("ctrkit.shards")
+
+MANIFEST = "manifest.json"
+FORMAT = "ctrkit-shards"
+VERSION = 1
+DEFAULT_BLOCK_ROWS = 8192
+_HASH_CHUNK = 8 << 20
+# The spec fields that decide the stored values (data_format only says how the text was read).
+SPEC_VALUE_FIELDS = ("sparse_feature_number", "dense_min", "dense_diff", "categorical_hash")
+SHARD_NAME = "part-{:05d}"
+SHARD_NAME_PATTERN = re.compile(r"part-\d{5}")
+
+
+class ShardError(ValueError):
+    """A shard directory is missing, partial, corrupt or does not fit the configuration."""
+
+
+def id_dtype_for(spec: FeatureSpec) -> np.dtype:
+    """int32 when every id of the spec fits, else int64."""
+    return np.dtype(np.int32 if spec.sparse_feature_number <= np.iinfo(np.int32).max + 1 else np.int64)
+
+
+def column_layout(labeled: bool, id_dtype: np.dtype) -> dict[str, tuple[np.dtype, int]]:
+    """Column name -> (little-endian dtype, values per row), in file-suffix order."""
+    columns = {"dense": (np.dtype("<f4"), NUM_DENSE), "sparse": (np.dtype(id_dtype).newbyteorder("<"), NUM_SLOTS)}
+    if labeled:
+        columns["label"] = (np.dtype("<f4"), 1)
+    return columns
+
+
+def is_shard_dir(path: str | os.PathLike) -> bool:
+    """True when `path` is a directory with a shard manifest (a text data directory has none)."""
+    return os.path.isfile(os.path.join(os.fspath(path), MANIFEST))
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+class ShardFileWriter:
+    """Appends batches to one shard's column files (as hidden temporaries), hashing as it goes; `close()`
+    renames them into place and returns the shard's manifest entry."""
+
+    def __init__(self, directory: str, name: str, labeled: bool, id_dtype: np.dtype):
+        self.directory, self.name, self.rows = directory, name, 0
+        self.columns = column_layout(labeled, id_dtype)
+        self._files = {c: open(self._tmp_path(c), "wb") for c in self.columns}
+        self._hashes = {c: hashlib.sha256() for c in self.columns}
+
+    def _tmp_path(self, column: str) -> str:
+        return os.path.join(self.directory, f".{self.name}.{column}.tmp")
+
+    def append(self, columns: dict[str, np.ndarray]) -> None:
+        rows = len(columns["dense"])
+        for column, (dtype, width) in self.columns.items():
+            data = np.ascontiguousarray(columns[column], dtype=dtype)
+            if data.shape != (rows, width):
+                raise ValueError(f"{column}: expected shape ({rows}, {width}), got {data.shape}")
+            raw = data.data.cast("B")
+            self._files[column].write(raw)
+            self._hashes[column].update(raw)
+        self.rows += rows
+
+    def close(self) -> dict:
+        files = {}
+        for column, f in self._files.items():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.replace(self._tmp_path(column), os.path.join(self.directory, f"{self.name}.{column}"))
+            files[column] = {"size": self.rows * self.columns[column][0].itemsize * self.columns[column][1],
+                             "sha256": self._hashes[column].hexdigest()}
+        return {"name": self.name, "rows": self.rows, "files": files}
+
+    def abort(self) -> None:
+        for column, f in self._files.items():
+            f.close()
+            if os.path.exists(self._tmp_path(column)):
+                os.remove(self._tmp_path(column))
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_manifest(directory: str, *, split: str, spec: FeatureSpec, labeled: bool, shards: list[dict],
+                   source: dict) -> dict:
+    id_dtype = id_dtype_for(spec)
+    manifest = {"format": FORMAT, "version": VERSION, "split": split,
+                "rows": sum(s["rows"] for s in shards), "labeled": labeled, "id_dtype": id_dtype.name,
+                "feature_spec": spec.to_dict(),
+                "columns": {c: {"dtype": d.name, "width": w} for c, (d, w) in column_layout(labeled, id_dtype).items()},
+                "source": source, "shards": shards}
+    write_json_atomic(os.path.join(directory, MANIFEST), manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_shard_files(directory: str, entry: dict, columns: dict, *, checksums: bool) -> None:
+    """Raise ShardError unless every column file of manifest entry `entry` has the recorded size (and, with
+    `checksums`, SHA-256)."""
+    for column, (dtype, width) in columns.items():
+        path = os.path.join(directory, f"{entry['name']}.{column}")
+        recorded = entry["files"].get(column)
+        if recorded is None or recorded["size"] != entry["rows"] * dtype.itemsize * width:
+            raise ShardError(f"{directory}/{MANIFEST}: shard {entry['name']} has an inconsistent entry for "
+                             f"{column!r}")
+        if not os.path.isfile(path):
+            raise ShardError(f"{path}: missing (the manifest lists it); re-run tools/prepare_criteo.py")
+        size = os.path.getsize(path)
+        if size != recorded["size"]:
+            raise ShardError(f"{path}: {size} bytes, the manifest says {recorded['size']} (a truncated or partial "
+                             f"shard); re-run tools/prepare_criteo.py")
+        if checksums and file_sha256(path) != recorded["sha256"]:
+            raise ShardError(f"{path}: SHA-256 differs from the manifest (the file is corrupt); "
+                             f"re-run tools/prepare_criteo.py")
+
+
+@dataclass
+class ShardSet:
+    """An opened, verified shard directory."""
+
+    directory: str
+    manifest: dict
+    arrays: list[dict[str, np.memmap]]  # per shard: column -> [rows, width] memory map
+
+    @property
+    def rows(self) -> int:
+        return self.manifest["rows"]
+
+    @property
+    def labeled(self) -> bool:
+        return self.manifest["labeled"]
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec.from_dict(self.manifest["feature_spec"])
+
+    def check_spec(self, spec: FeatureSpec, what: str = "the configuration") -> None:
+        """Raise ShardError when the rows were made with other preprocessing values than `spec`'s."""
+        mine, theirs = self.manifest["feature_spec"], spec.to_dict()
+        differ = [k for k in SPEC_VALUE_FIELDS if mine[k] != theirs[k]]
+        if differ:
+            details = "; ".join(f"{k}: shards {mine[k]!r}, {what} {theirs[k]!r}" for k in differ)
+            raise ShardError(f"{self.directory}: shards were prepared with a different feature spec ({details})")
+
+
+def _read_manifest(directory: str) -> dict:
+    path = os.path.join(directory, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise ShardError(f"{directory}: no {MANIFEST}; not a shard directory (or its preparation did not "
+                         f"finish; re-run tools/prepare_criteo.py)") from None
+    except json.JSONDecodeError as exc:
+        raise ShardError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ShardError(f"{path}: not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise ShardError(f"{path}: manifest version {manifest.get('version')!r}, this reader knows {VERSION}")
+    return manifest
+
+
+def open_shards(directory: str | os.PathLike, *, checksums: bool = True) -> ShardSet:
+    """Open and verify a shard directory (sizes always, SHA-256 with `checksums`)."""
+    directory = os.fspath(directory)
+    manifest = _read_manifest(directory)
+    columns = column_layout(manifest["labeled"], np.dtype(manifest["id_dtype"]))
+    start = time.perf_counter()
+    for entry in manifest["shards"]:
+        check_shard_files(directory, entry, columns, checksums=False)
+    if checksums:
+        for entry in manifest["shards"]:
+            check_shard_files(directory, entry, columns, checksums=True)
+        log.info("%s: verified %d shard(s), %d rows, in %.1f s", directory, len(manifest["shards"]),
+                 manifest["rows"], time.perf_counter() - start)
+    arrays = [{column: np.memmap(os.path.join(directory, f"{entry['name']}.{column}"), dtype=dtype, mode="r",
+                                 shape=(entry["rows"], width))
+               for column, (dtype, width) in columns.items()}
+              for entry in manifest["shards"] if entry["rows"]]
+    return ShardSet(directory, manifest, arrays)
+
+
+def _blocks(shards: ShardSet, block_rows: int) -> list[tuple[int, int, int]]:
+    """(shard, start, stop) of every block, in storage order."""
+    return [(i, start, min(start + block_rows, len(arrays["dense"])))
+            for i, arrays in enumerate(shards.arrays) for start in range(0, len(arrays["dense"]), block_rows)]
+
+
+def _windows(shards: ShardSet, block_rows: int, shuffle_buffer: int,
+             rng: np.random.Generator | None) -> Iterator[list[np.ndarray]]:
+    """The epoch's rows as column lists [dense, sparse(, label)], one window of blocks at a time."""
+    blocks = _blocks(shards, block_rows)
+    if rng is not None:
+        blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+    names = list(shards.arrays[0]) if shards.arrays else []
+    window: list[tuple[int, int, int]] = []
+    window_rows = 0
+    for number, block in enumerate(blocks, 1):
+        window.append(block)
+        window_rows += block[2] - block[1]
+        if window_rows >= shuffle_buffer or number == len(blocks):
+            columns = [np.concatenate([shards.arrays[s][name][a:b] for s, a, b in window]) for name in names]
+            if rng is not None:
+                order = rng.permutation(window_rows)
+                columns = [c[order] for c in columns]
+            yield columns
+            window, window_rows = [], 0
+
+
+def iter_shard_batches(shards: ShardSet, batch_size: int, *, shuffle_buffer: int = 0, seed: int = 0,
+                       shard_index: int = 0, shard_count: int = 1, drop_last: bool = False,
+                       block_rows: int = DEFAULT_BLOCK_ROWS) -> Iterator[Batch]:
+    """This rank's `Batch`es of the shards (see the module docstring); ids as int64.
+
+    Without `shuffle_buffer` rows come in storage order. With it, block order and rows within windows of about
+    `shuffle_buffer` rows are permuted, seeded by `seed` alone (the same in every rank). The last global batch
+    may be short: its rows are split as evenly as possible over the ranks (dropped with `drop_last`), so a rank
+    may get a short or even empty last batch."""
+    if batch_size <= 0 or block_rows <= 0 or shuffle_buffer < 0:
+        raise ValueError("batch_size and block_rows must be positive and shuffle_buffer >= 0")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+    rng = np.random.default_rng(seed) if shuffle_buffer else None
+    global_size = batch_size * shard_count
+    pending: list[list[np.ndarray]] = []
+    count = 0
+    for columns in _windows(shards, block_rows, shuffle_buffer, rng):
+        pending.append(columns)
+        count += len(columns[0])
+        if count < global_size:
+            continue
+        merged = [np.concatenate(parts) for parts in zip(*pending)] if len(pending) > 1 else pending[0]
+        full = count - count % global_size
+        for start in range(0, full, global_size):
+            mine = start + shard_index * batch_size
+            yield _batch([c[mine:mine + batch_size] for c in merged])
+        pending = [[c[full:] for c in merged]] if full < count else []
+        count -= full
+    if count and not drop_last:
+        merged = [np.concatenate(parts) for parts in zip(*pending)]
+        lo, hi = shard_index * count // shard_count, (shard_index + 1) * count // shard_count
+        yield _batch([c[lo:hi] for c in merged])
+
+
+def _batch(columns: list[np.ndarray]) -> Batch:
+    dense = np.ascontiguousarray(columns[0])
+    sparse = columns[1].astype(np.int64)
+    label = np.ascontiguousarray(columns[2]) if len(columns) > 2 else None
+    return Batch(dense, sparse, label)

@@ -1,0 +1,3 @@
+from models.rank.dcn.model import DCN
+
+__all__ = ["DCN"]

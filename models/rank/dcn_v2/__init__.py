@@ -1,0 +1,3 @@
+from models.rank.dcn_v2.model import DCNV2
+
+__all__ = ["DCNV2"]

@@ -1,0 +1,3 @@
+from models.rank.deepfefm.model import DeepFEFM
+
+__all__ = ["DeepFEFM"]

@@ -1,0 +1,35 @@
+"""DeepFEFM (Pande 2020, "Field-Embedded Factorization Machines for Click-through rate prediction"):
+sigmoid(linear + sum of FEFM pair interactions + MLP([flattened embeddings, FEFM pair interactions])).
+
+FEFM: fields i < j interact through v_i^T W_ij v_j with a symmetric D x D matrix per field pair; all pair
+matrices are one registered parameter (trained and saved; PaddleRec kept them in a dict, so they were neither).
+The 26 slots and the 13 dense values (value times a field vector) are the fields.
+"""
+import paddle
+import paddle.nn.functional as F
+
+from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
+from models.base import CTRModel
+from models.layers import MLP, FieldEmbedding, FieldEmbeddedInteraction, LinearTerm
+from models.registry import register
+
+
+@register("deepfefm")
+class DeepFEFM(CTRModel):
+    EXTRA_HYPER_PARAMETERS = {"fc_sizes": [400, 400, 400], "dropout": 0.0}
+
+    def __init__(self, hyper_parameters: dict):
+        super().__init__(hyper_parameters)
+        n, d = self.hp["sparse_feature_number"], self.hp["sparse_feature_dim"]
+        num_fields = NUM_SLOTS + NUM_DENSE
+        self.linear = LinearTerm(n)
+        self.embedding = FieldEmbedding(n, d)
+        self.fefm = FieldEmbeddedInteraction(num_fields, d)
+        self.dnn = MLP(num_fields * d + num_fields * (num_fields - 1) // 2, self.hp["fc_sizes"], 1,
+                       dropout=self.hp["dropout"])
+
+    def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
+        embeddings = self.embedding(dense_input, sparse_inputs)
+        pairs = self.fefm(embeddings)
+        y_dnn = self.dnn(paddle.concat([paddle.flatten(embeddings, start_axis=1), pairs], axis=1))
+        return F.sigmoid(self.linear(dense_input, sparse_inputs) + paddle.sum(pairs, axis=1, keepdim=True) + y_dnn)

@@ -1,0 +1,3 @@
+from models.rank.dlrm.model import DLRM
+
+__all__ = ["DLRM"]

@@ -1,0 +1,3 @@
+from models.rank.dnn.model import DNN
+
+__all__ = ["DNN"]

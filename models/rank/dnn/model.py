@@ -1,0 +1,24 @@
+"""DNN: slot embeddings, flattened and joined by the raw dense values, through an MLP to one logit
+(PaddleRec's ctr-dnn / the "DNN" baseline of BARS; PaddleRec's version emitted two logits, this one emits one).
+"""
+import paddle
+import paddle.nn.functional as F
+
+from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
+from models.base import CTRModel
+from models.layers import MLP, flatten_with_dense, sparse_embedding
+from models.registry import register
+
+
+@register("dnn")
+class DNN(CTRModel):
+    EXTRA_HYPER_PARAMETERS = {"fc_sizes": [400, 400, 400], "dropout": 0.0}
+
+    def __init__(self, hyper_parameters: dict):
+        super().__init__(hyper_parameters)
+        n, d = self.hp["sparse_feature_number"], self.hp["sparse_feature_dim"]
+        self.embedding = sparse_embedding(n, d)
+        self.dnn = MLP(NUM_SLOTS * d + NUM_DENSE, self.hp["fc_sizes"], 1, dropout=self.hp["dropout"])
+
+    def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
+        return F.sigmoid(self.dnn(flatten_with_dense(self.embedding(sparse_inputs), dense_input)))

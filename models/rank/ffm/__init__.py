@@ -1,0 +1,3 @@
+from models.rank.ffm.model import FFM
+
+__all__ = ["FFM"]

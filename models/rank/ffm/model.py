@@ -1,0 +1,24 @@
+"""Field-aware factorization machine (Juan et al. 2016):
+sigmoid(w0 + sum_i w_i x_i + sum_{i<j} <v_{i,F(j)}, v_{j,F(i)}> x_i x_j) over 39 fields (26 slots + 13 dense).
+
+Memory: the id table holds 39 vectors of `sparse_feature_dim` per id ([sparse_feature_number, 39 * D]), so D is
+kept small (2 here, 4 in config_bigdata.yaml).
+"""
+import paddle
+import paddle.nn.functional as F
+
+from models.base import CTRModel
+from models.layers import FieldAwareInteraction, LinearTerm
+from models.registry import register
+
+
+@register("ffm")
+class FFM(CTRModel):
+    def __init__(self, hyper_parameters: dict):
+        super().__init__(hyper_parameters)
+        n, d = self.hp["sparse_feature_number"], self.hp["sparse_feature_dim"]
+        self.linear = LinearTerm(n)
+        self.ffm = FieldAwareInteraction(n, d)
+
+    def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
+        return F.sigmoid(self.linear(dense_input, sparse_inputs) + self.ffm(dense_input, sparse_inputs))

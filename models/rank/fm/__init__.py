@@ -1,0 +1,3 @@
+from models.rank.fm.model import FM
+
+__all__ = ["FM"]

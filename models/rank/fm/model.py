@@ -1,0 +1,23 @@
+"""Factorization machine (Rendle 2010): sigmoid(w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j).
+
+The 26 slots and the 13 dense values are the fields; a dense value x_i scales its field vector v_i.
+"""
+import paddle
+import paddle.nn.functional as F
+
+from models.base import CTRModel
+from models.layers import FieldEmbedding, LinearTerm, fm_second_order
+from models.registry import register
+
+
+@register("fm")
+class FM(CTRModel):
+    def __init__(self, hyper_parameters: dict):
+        super().__init__(hyper_parameters)
+        n, d = self.hp["sparse_feature_number"], self.hp["sparse_feature_dim"]
+        self.linear = LinearTerm(n)
+        self.embedding = FieldEmbedding(n, d)
+
+    def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
+        embeddings = self.embedding(dense_input, sparse_inputs)
+        return F.sigmoid(self.linear(dense_input, sparse_inputs) + fm_second_order(embeddings))

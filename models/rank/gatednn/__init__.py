@@ -1,0 +1,3 @@
+from models.rank.gatednn.model import GateDNN
+
+__all__ = ["GateDNN"]

@@ -1,0 +1,3 @@
+from models.rank.xdeepfm.model import XDeepFM
+
+__all__ = ["XDeepFM"]

@@ -1,0 +1,5 @@
+import sys
+
+from serving.rpc.server import main
+
+sys.exit(main())

@@ -1,0 +1,200 @@
+"""The Flask app: `POST /upload`, `GET /result/<user_id>`, `GET /health`, `GET /ready`.
+
+Every answer is JSON (`application/json`); errors are `{"code": <HTTP status>, "msg": "..."}` with the same
+status, and no traceback ever reaches a client (unexpected errors are logged and answered with 500).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+from flask import Flask, Request, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from serving.upload.saving import UploadSaver
+from serving.upload.scoring import AllPredictions, Scorer, Sink, TopK, UploadInputError
+from serving.upload.settings import MIB, parse_bool
+from serving.upload.store import ResultStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_TOP_K = 10000
+UPLOAD_PARAMS = ("user_id", "full", "re_model", "save", "debug", "top_k")
+RESULT_PARAMS = ("top_k",)
+FILE_FIELD = "file"
+
+
+class BadParameter(ValueError):
+    """A request parameter is missing or invalid; answered with 400."""
+
+
+@dataclass(frozen=True)
+class UploadParams:
+    user_id: str
+    full: bool = False
+    re_model: str = "json"
+    save: bool = False
+    debug: bool = False
+    top_k: int = 10
+
+
+def _single_values(req: Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """Parameters from the query string and the form together; unknown or repeated names are errors."""
+    names = set(req.args) | set(req.form)
+    unknown = sorted(names - set(allowed))
+    if unknown:
+        raise BadParameter(f"unknown parameter(s) {unknown}; accepted: {list(allowed)}")
+    values = {}
+    for name in names:
+        given = req.args.getlist(name) + req.form.getlist(name)
+        if len(given) > 1:
+            raise BadParameter(f"parameter {name!r} given more than once")
+        values[name] = given[0]
+    return values
+
+
+def _user_id(text: str | None) -> str:
+    if not text:
+        raise BadParameter("missing parameter 'user_id'")
+    if not USER_ID.fullmatch(text):
+        raise BadParameter("user_id must be 1-64 letters, digits, '_' or '-'")
+    return text
+
+
+def _top_k(text: str | None) -> int:
+    if text is None:
+        return UploadParams.top_k
+    if not text.isdigit() or not 1 <= int(text) <= MAX_TOP_K:
+        raise BadParameter(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {text!r}")
+    return int(text)
+
+
+def _flag(values: dict[str, str], name: str) -> bool:
+    if name not in values:
+        return False
+    try:
+        return parse_bool(values[name])
+    except ValueError as exc:
+        raise BadParameter(f"parameter {name!r}: {exc}") from None
+
+
+def parse_upload_params(req: Request) -> UploadParams:
+    values = _single_values(req, UPLOAD_PARAMS)
+    re_model = values.get("re_model", "json")
+    if re_model not in ("json", "redis"):
+        raise BadParameter(f"re_model must be 'json' or 'redis', got {re_model!r}")
+    return UploadParams(user_id=_user_id(values.get("user_id")), full=_flag(values, "full"), re_model=re_model,
+                        save=_flag(values, "save"), debug=_flag(values, "debug"), top_k=_top_k(values.get("top_k")))
+
+
+def uploaded_file(req: Request):
+    extra = sorted(set(req.files) - {FILE_FIELD})
+    if extra:
+        raise BadParameter(f"unknown file field(s) {extra}; send the data as the multipart field '{FILE_FIELD}'")
+    files = req.files.getlist(FILE_FIELD)
+    if not files:
+        raise BadParameter(f"missing file: send the data as the multipart form field '{FILE_FIELD}'")
+    if len(files) > 1:
+        raise BadParameter(f"send exactly one file in the field '{FILE_FIELD}', got {len(files)}")
+    return files[0]
+
+
+def error(status: int, msg: str):
+    log.info("%s %s -> %d: %s", request.method, request.path, status, msg)
+    response = jsonify(code=status, msg=msg)
+    response.status_code = status
+    return response
+
+
+def create_app(scorer: Scorer, store: ResultStore, *, model_name: str, upload_dir: str,
+               max_upload_bytes: int) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+    app.json.sort_keys = False
+    app.json.compact = True
+
+    @app.errorhandler(BadParameter)
+    @app.errorhandler(UploadInputError)
+    def bad_request(exc: ValueError):
+        return error(400, str(exc))
+
+    @app.errorhandler(StoreUnavailable)
+    def store_unavailable(exc: StoreUnavailable):
+        return error(503, str(exc))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge):
+        if (request.content_length or 0) > max_upload_bytes:
+            return error(413, f"upload too large: the limit is {max_upload_bytes / MIB:g} MiB")
+        return error(413, f"form too large: at most {app.config['MAX_FORM_PARTS']} parts, and "
+                          f"{app.config['MAX_FORM_MEMORY_SIZE']} bytes in fields other than the file")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error(500, "internal server error (details are in the server log)")
+
+    @app.get("/health")
+    def health():
+        return jsonify(code=200, status="ok")
+
+    @app.get("/ready")
+    def ready():
+        # The predictor pool is built before the server listens, so answering at all means the model is ready.
+        return jsonify(code=200, status="ready", model=model_name, redis=store.status())
+
+    @app.post("/upload")
+    def upload():
+        started = time.perf_counter()
+        params = parse_upload_params(request)
+        file = uploaded_file(request)
+        writer = store.writer(params.user_id) if params.re_model == "redis" else None
+        collector: Sink = writer or (AllPredictions() if params.full else TopK(params.top_k))
+        saver = UploadSaver(upload_dir) if params.save else None
+        saved_as = None
+        try:
+            lines = saver.tee(file.stream) if saver else file.stream
+            count, timings = scorer.score(lines, collector)
+            if writer:
+                commit_start = time.perf_counter()
+                writer.commit()
+                timings.store_ms += (time.perf_counter() - commit_start) * 1e3
+            if saver:
+                saved_as = saver.commit()
+        except BaseException:
+            if writer:
+                writer.discard()
+            if saver:
+                saver.discard()
+            raise
+        answer = {"code": 200, "user_id": params.user_id, "count": count, **collector.answer()}
+        if saved_as:
+            answer["saved_as"] = saved_as
+        total_ms = (time.perf_counter() - started) * 1e3
+        if params.debug:
+            answer["debug"] = timings.as_dict(total_ms)
+        log.info("upload user=%s lines=%d re_model=%s full=%s %.1f ms", params.user_id, count, params.re_model,
+                 params.full, total_ms)
+        return jsonify(answer)
+
+    @app.get("/result/<user_id>")
+    def result(user_id: str):
+        values = _single_values(request, RESULT_PARAMS)
+        user_id, top_k = _user_id(user_id), _top_k(values.get("top_k"))
+        ranking = store.ranking(user_id, top_k)
+        if ranking is None:
+            return error(404, f"no stored ranking for user {user_id!r} under {store.key(user_id)!r} "
+                              "(never uploaded with re_model=redis, or expired)")
+        count, lines, scores = ranking
+        return jsonify(code=200, user_id=user_id, key=store.key(user_id), count=count, index=lines,
+                       data=[[s] for s in scores])
+
+    return app
+

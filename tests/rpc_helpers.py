@@ -1,0 +1,111 @@
+"""Helpers for the RPC serving tests: real `python -m serving.rpc` processes on loopback (ports chosen by the
+server itself, read from its ready line), raw gRPC / HTTP calls, and local reference predictions."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import requests
+
+from serving.rpc import protocol as P
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READY = re.compile(r"serving\.rpc ready: version (\d+) grpc [\d.]+:(\d+) http [\d.]+:(\d+)")
+
+
+class RpcServer:
+    """A running server process; `log()` is its stderr so far."""
+
+    def __init__(self, model: str, log_path: str, *flags: str, timeout_s: float = 180):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.rpc", "--model", model, "--port", "0", *flags],
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=REPO_ROOT)
+        line = _read_line(self.proc, timeout_s)
+        match = READY.search(line or "")
+        if not match:
+            self.stop()
+            raise RuntimeError(f"server did not get ready (stdout {line!r}); log:\n{self.log()}")
+        self.version, self.grpc_port, self.http_port = (int(g) for g in match.groups())
+        self.url = f"http://127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)])
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """Sum of a Prometheus sample (`name{labels...}`) over the label sets that contain `labels`."""
+        text = requests.get(f"{self.url}/metrics", timeout=10).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def _read_line(proc: subprocess.Popen, timeout_s: float) -> str | None:
+    """The first stdout line of `proc`, or None if it exits or `timeout_s` passes first."""
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return out[0] if out else None
+
+
+def proto_request(dense: np.ndarray, sparse: np.ndarray, log_id: int = 0, **dense_overrides) -> "P.Request":
+    req = P.Request(fetch_var_names=["prob"], log_id=log_id)
+    dense_tensor = dict(name="dense_input", alias_name="dense_input", elem_type=P.FP32, shape=list(dense.shape),
+                        float_data=dense.ravel().tolist())
+    dense_tensor.update(dense_overrides)
+    req.tensor.add(**dense_tensor)
+    req.tensor.add(name="sparse_inputs", alias_name="sparse_inputs", elem_type=P.INT64, shape=list(sparse.shape),
+                   int64_data=sparse.ravel().tolist())
+    return req
+
+
+def json_request(dense: np.ndarray, sparse: np.ndarray, log_id: int = 0) -> dict:
+    return {"tensor": [
+        {"name": "dense_input", "alias_name": "dense_input", "elem_type": 1, "shape": list(dense.shape),
+         "float_data": dense.ravel().tolist()},
+        {"name": "sparse_inputs", "alias_name": "sparse_inputs", "elem_type": 0, "shape": list(sparse.shape),
+         "int64_data": sparse.ravel().tolist()}], "fetch_var_names": ["prob"], "log_id": log_id}
+
+
+def grpc_call(channel: grpc.Channel, body: bytes, timeout_s: float = 30):
+    """(Response or None, grpc.StatusCode, trailing metadata dict, details)."""
+    call = channel.unary_unary(f"/{P.SERVICE}/inference", request_serializer=None, response_deserializer=None)
+    try:
+        answer, rpc = call.with_call(body, timeout=timeout_s)
+        return P.Response.FromString(answer), rpc.code(), dict(rpc.trailing_metadata() or ()), ""
+    except grpc.RpcError as e:
+        return None, e.code(), dict(e.trailing_metadata() or ()), e.details()
+
+
+def wait_until(predicate, timeout_s: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

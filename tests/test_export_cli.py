@@ -1,0 +1,86 @@
+"""tools/to_static.py as a user runs it: checkpoint in, checked static model (+ serving layout) out; bad
+input gives one clear error line and a non-zero exit."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from ctrkit import checkpoint
+from ctrkit.config import load_config
+from ctrkit.export import read_golden_rows
+from ctrkit.inference import META_FILE, create_predictor
+from models.registry import build_model, default_config_path
+
+from conftest import REPO_ROOT
+
+CONFIG = default_config_path("deepfm")
+SMALL = ["-o", "hyper_parameters.fc_sizes=[16]"]
+
+
+def to_static(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "to_static.py"), "-m", CONFIG, *SMALL,
+                           *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    """A DeepFM checkpoint as tools/trainer.py writes it (a few Adam steps, so weights differ from init)."""
+    config = load_config(CONFIG, ["hyper_parameters.fc_sizes=[16]"])
+    paddle.seed(3)
+    model = build_model("deepfm", config.hyper_parameters)
+    optimizer = paddle.optimizer.Adam(learning_rate=0.01, parameters=model.parameters())
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        dense = paddle.to_tensor(rng.random((64, 13), dtype=np.float32))
+        sparse = paddle.to_tensor(rng.integers(1, 1_000_001, (64, 26)))
+        loss = paddle.nn.functional.binary_cross_entropy(model(dense, sparse), paddle.ones([64, 1]))
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+    save_dir = str(tmp_path_factory.mktemp("ckpt"))
+    return checkpoint.save_checkpoint(save_dir, 0, model, optimizer), model
+
+
+def test_exports_a_checkpoint_with_serving_layout(trained_checkpoint, tmp_path, slot_sample, raw_sample):
+    ckpt, model = trained_checkpoint
+    out = tmp_path / "inference"
+    result = to_static("-o", f"runner.model_init_path={ckpt}", "--output_dir", str(out), "--serving",
+                       "--golden_data", slot_sample, "--model_prefix", "rec")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["model"] == "deepfm" and summary["output_dir"] == str(out)
+    assert os.path.isfile(out / "rec.json") and os.path.isfile(out / "serving_server" / "rec.pdiparams")
+    meta = json.load(open(out / META_FILE))
+    assert meta["source"]["checkpoint"] == ckpt and meta["golden"]["source"] == slot_sample
+    assert meta["hyper_parameters"]["fc_sizes"] == [16]
+    # the exported weights are the checkpoint's, not a fresh initialisation
+    model.eval()
+    predictor = create_predictor(str(out))
+    dense, sparse = read_golden_rows(raw_sample, predictor.model.feature_spec, rows=100)
+    with paddle.no_grad():
+        expected = model(paddle.to_tensor(dense), paddle.to_tensor(sparse)).numpy().reshape(-1)
+    np.testing.assert_allclose(predictor.predict(dense, sparse), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "runner.model_init_path is not set"),
+    (["-o", "runner.model_init_path=/nonexistent/ckpt/0"], "no checkpoint parameters at /nonexistent/ckpt/0"),
+])
+def test_checkpoint_errors(args, message, tmp_path):
+    result = to_static(*args, "--output_dir", str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_golden_data_is_an_error(trained_checkpoint, tmp_path):
+    ckpt, _ = trained_checkpoint
+    result = to_static("-o", f"runner.model_init_path={ckpt}", "-o", "runner.test_data_dir=/nonexistent/test",
+                       "-o", "runner.train_data_dir=/nonexistent/train", "--output_dir", str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert "no data for the golden batch" in result.stderr and "--golden_data" in result.stderr
+    assert not (tmp_path / "out").exists()

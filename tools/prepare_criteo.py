@@ -1,0 +1,97 @@
+"""Preprocess Criteo text once into binary shards for training and evaluation (see docs/scale.md).
+
+    python tools/prepare_criteo.py --input train.txt --out data/criteo_shards
+    python tools/trainer.py -m models/rank/deepfm/config.yaml \\
+        -o runner.train_data_dir=data/criteo_shards/train -o runner.test_data_dir=data/criteo_shards/test
+
+--input takes raw Criteo (train.txt, tab-separated) or slot-format files, or directories of them. Lines are split
+deterministically by --split ratios (a fixed pseudo-random function of --seed and the line's position) into
+<out>/<split>/ shard directories. An interrupted run continues where it stopped when re-run with the same
+arguments. The last line of output is a JSON summary: rows per split, lines read, skipped lines, lines/s.
+The preprocessing (id space, dense scaling) is the defaults' or, with -m, exactly a training config's.
+--verify re-checks every shard's size and SHA-256 against its manifest instead.
+"""
+import argparse
+import json
+import os
+
+from ctrkit.cli import UserError, run_cli, setup_logging
+from ctrkit.config import load_config
+from ctrkit.data import DataFormatError
+from ctrkit.data.spec import DATA_FORMATS, FeatureSpec
+from ctrkit.prepare import (DEFAULT_BLOCK_BYTES, DEFAULT_LINES_PER_SHARD, DEFAULT_SPLITS, JOURNAL, PrepareError,
+                            parse_splits, prepare)
+from ctrkit.shards import ShardError, open_shards
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def verify(out_dir: str) -> dict:
+    journal_path = os.path.join(out_dir, JOURNAL)
+    if not os.path.isfile(journal_path):
+        raise PrepareError(f"{out_dir}: no {JOURNAL}; not a prepared directory")
+    with open(journal_path, encoding="utf-8") as f:
+        journal = json.load(f)
+    if not journal["complete"]:
+        raise PrepareError(f"{out_dir}: preparation did not finish; re-run tools/prepare_criteo.py to resume it")
+    return {split: open_shards(os.path.join(out_dir, split)).rows for split in journal["options"]["splits"]}
+
+
+def feature_spec(args: argparse.Namespace) -> FeatureSpec:
+    flags = {k: v for k, v in (("sparse_feature_number", args.sparse_feature_number),
+                                ("data_format", args.data_format)) if v is not None}
+    if not args.config:
+        if args.opt:
+            raise UserError("-o needs -m (a config to override)")
+        return FeatureSpec(**flags)
+    if flags:
+        raise UserError(f"with -m the preprocessing comes from the config; drop --{', --'.join(flags)} "
+                        f"(or set them with -o)")
+    return load_config(args.config, args.opt).feature_spec()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", help="raw Criteo or slot-format files or directories")
+    parser.add_argument("--out", required=True, help="output directory (new, or an interrupted run's to resume)")
+    default_splits = ",".join(f"{k}={v}" for k, v in DEFAULT_SPLITS.items())
+    parser.add_argument("--split", type=parse_splits, default=DEFAULT_SPLITS,
+                        help=f"split names and ratios summing to 1 (default {default_splits}; train=1 for no split)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    parser.add_argument("-m", "--config", help="take the preprocessing from this training config (with -o overrides)")
+    parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--data_format", choices=DATA_FORMATS, help="input format (default auto)")
+    parser.add_argument("--sparse_feature_number", type=positive_int,
+                        help="id space raw values are hashed into; must match the model's "
+                             f"(default {FeatureSpec().sparse_feature_number})")
+    parser.add_argument("--lines_per_shard", type=positive_int, default=DEFAULT_LINES_PER_SHARD,
+                        help="input lines per shard (default %(default)s)")
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
+                        help="parsing processes (default: the number of cores, %(default)s)")
+    parser.add_argument("--block_bytes", type=positive_int, default=DEFAULT_BLOCK_BYTES,
+                        help="bytes of text per parsing task (default %(default)s)")
+    parser.add_argument("--skip_bad_lines", action="store_true",
+                        help="drop malformed lines (counted and logged) instead of stopping at the first")
+    parser.add_argument("--verify", action="store_true", help="only verify the shards of --out")
+    args = parser.parse_args()
+    setup_logging()
+    if args.verify:
+        print(json.dumps({"verified": True, "rows": verify(args.out)}))
+        return 0
+    if not args.input:
+        parser.error("--input is required (unless --verify)")
+    spec = feature_spec(args)
+    summary = prepare(args.input, args.out, spec, splits=args.split, seed=args.seed,
+                      lines_per_shard=args.lines_per_shard, workers=args.workers, skip_bad=args.skip_bad_lines,
+                      block_bytes=args.block_bytes)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, (DataFormatError, PrepareError, ShardError))

@@ -1,0 +1,131 @@
+"""Send Criteo data to a Paddle Serving protocol server (PaddleRec's rec_client.py flags) and measure it.
+
+    python tools/rec_client.py --client_config output/deepfm/inference/serving_client/serving_client_conf.prototxt \\
+        --connect 127.0.0.1:9393 --data_dir data/synthetic/test --batchsize 5 --client_mode rpc
+
+--client_mode rpc talks gRPC (the server's --port), http sends JSON and http_proto protobuf (both to the
+server's --http_port). Lines are parsed by the shared data layer (slot or raw Criteo). By default every line is
+sent once; --requests N or --duration S cycle through the data. Each answer is printed as Paddle Serving's
+client prints its fetch map (--quiet: not), --output writes one prediction per line in input order, --verify
+compares every answer with a local predictor of the same model. The last line of output is a JSON summary:
+{"qps", "samples_per_s", "p50_ms", "p90_ms", "p99_ms", "errors", ...}. Exit status 1 when a request failed
+or a prediction differs from the local one.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+
+from ctrkit.cli import UserError, run_cli
+from ctrkit.data import FeatureSpec
+from ctrkit.inference import META_FILE, InferenceError, PredictorOptions, create_predictor, read_meta
+from serving.rpc.client import MODES, ServingClient, ServingError, read_feed_layout, request_batches, run_load
+
+log = logging.getLogger("rec_client")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--client_config", required=True, help="serving_client/serving_client_conf.prototxt (or its "
+                   "directory)")
+    p.add_argument("--connect", default="127.0.0.1:9393", help="server host:port (gRPC port for rpc, HTTP port "
+                   "for http / http_proto)")
+    p.add_argument("--data_dir", required=True, help="slot or raw Criteo file, or a directory of them")
+    p.add_argument("--batchsize", type=int, default=1, help="samples per request")
+    p.add_argument("--client_mode", choices=MODES, default="rpc")
+    p.add_argument("--concurrency", type=int, default=1, help="concurrent clients, one connection each")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--requests", type=int, help="send this many requests (cycling through the data)")
+    run.add_argument("--duration", type=float, help="send requests for this many seconds (cycling)")
+    p.add_argument("--warmup", type=int, default=0, help="uncounted requests per client before measuring")
+    p.add_argument("--gzip", action="store_true", help="gzip request bodies (http modes)")
+    p.add_argument("--timeout_ms", type=int, default=20000)
+    p.add_argument("--output", help="write one prediction per line here, in input order")
+    p.add_argument("--verify", action="store_true", help="compare every answer with a local predictor")
+    p.add_argument("--verify_atol", type=float, default=1e-5)
+    p.add_argument("--model", help="exported model for --verify and the feature spec (default: the "
+                   "serving_server directory beside the client config)")
+    p.add_argument("--quiet", action="store_true", help="do not print each answer")
+    args = p.parse_args()
+    for name in ("batchsize", "concurrency", "requests", "duration", "timeout_ms"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name} must be positive, got {value}")
+    if args.warmup < 0:
+        raise UserError("--warmup must be >= 0")
+    return args
+
+
+def model_dir(args: argparse.Namespace) -> str | None:
+    """--model, else the serving_server directory next to the client config's directory, if it holds a model."""
+    if args.model:
+        return args.model
+    config_dir = args.client_config if os.path.isdir(args.client_config) else os.path.dirname(args.client_config)
+    sibling = os.path.join(os.path.dirname(os.path.abspath(config_dir)), "serving_server")
+    return sibling if os.path.isfile(os.path.join(sibling, META_FILE)) else None
+
+
+def feature_spec(model: str | None) -> FeatureSpec:
+    if model is None:
+        log.warning("no model_meta.json found (pass --model): parsing the data with the default feature spec")
+        return FeatureSpec()
+    meta_dir = model if os.path.isfile(os.path.join(model, META_FILE)) else os.path.join(model, "serving_server")
+    return FeatureSpec.from_dict(read_meta(os.path.join(meta_dir, META_FILE))["feature_spec"])
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parse_args()
+    try:
+        layout = read_feed_layout(args.client_config)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    model = model_dir(args)
+    if args.verify and model is None:
+        raise UserError("--verify needs the model: pass --model <export dir or serving_server dir>")
+    local = create_predictor(model, PredictorOptions()) if args.verify else None
+    spec = feature_spec(model)
+    cycle = args.requests is not None or args.duration is not None
+    batches = request_batches(args.data_dir, spec, args.batchsize, cycle=cycle, limit=args.requests)
+    answers: dict[int, np.ndarray] = {}
+    mismatches: list[str] = []  # the first few, for the log
+    mismatch_count = 0
+    max_diff = 0.0
+
+    def on_answer(index: int, dense: np.ndarray, sparse: np.ndarray, prob: np.ndarray) -> None:
+        nonlocal max_diff, mismatch_count
+        if not args.quiet:
+            print({layout.fetch_alias: prob.reshape(-1, 1)}, flush=False)
+        if args.output:
+            answers[index] = prob
+        if local is not None:
+            diff = float(np.max(np.abs(local.predict(dense, sparse) - prob)))
+            max_diff = max(max_diff, diff)
+            if diff > args.verify_atol:
+                mismatch_count += 1
+                if len(mismatches) < 5:
+                    mismatches.append(f"request {index}: max abs diff {diff:.3g} from the local predictor")
+
+    def make_client() -> ServingClient:
+        return ServingClient(layout, args.connect, args.client_mode, args.timeout_ms / 1000, args.gzip)
+
+    result = run_load(make_client, batches, args.concurrency, args.duration, args.warmup, on_answer)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            for index in sorted(answers):
+                f.writelines(f"{p:.8g}\n" for p in answers[index])
+    for message in result.error_messages + mismatches:
+        log.error("%s", message)
+    summary = {"mode": args.client_mode, "batch_size": args.batchsize, "concurrency": args.concurrency,
+               **result.summary()}
+    if local is not None:
+        summary.update(verified=result.requests - result.errors, max_abs_diff=max_diff, mismatches=mismatch_count)
+    print(json.dumps(summary), flush=True)
+    return 1 if result.errors or mismatch_count else 0
+
+
+if __name__ == "__main__":
+    run_cli(main, (InferenceError, ValueError, ServingError))
