@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -68,13 +69,12 @@ def iter_blocks(path: str, block_bytes: int = DEFAULT_BLOCK_BYTES, start: int = 
             line_number += block.count(b"\n")
 
 
-class ParsedBlock:
+class ParsedBlock(NamedTuple):
     """One parsed block of a file: its batch and the errors of the lines skipped in it."""
 
-    __slots__ = ("path", "batch", "errors")
-
-    def __init__(self, path: str, batch: Batch, errors: list[DataFormatError]):
-        self.path, self.batch, self.errors = path, batch, errors
+    path: str
+    batch: Batch
+    errors: list[DataFormatError]
 
 
 def iter_parsed_blocks(files: Sequence[str], spec: FeatureSpec, *, skip_bad: bool = False, shard_index: int = 0,

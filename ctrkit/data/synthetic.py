@@ -204,8 +204,8 @@ def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", f
     truth_path = truth_path or out_dir + ".truth.txt"
     if os.path.dirname(os.path.abspath(truth_path)) == os.path.abspath(out_dir):
         raise ValueError(f"the truth file {truth_path} must not be inside the data directory {out_dir}")
-    truth = make_ground_truth(truth_seed, spec)
     _prepare_output_dir(out_dir)
+    truth = make_ground_truth(truth_seed, spec)
     sizes = [rows * (i + 1) // files - rows * i // files for i in range(files)]
     parts = (os.path.join(out_dir, PART_NAME.format(i)) for i in range(files))
     all_probs, all_labels = [], []
@@ -219,8 +219,9 @@ def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", f
                 if room == 0:
                     _finish_part(part)
                     part, room = _open_part(next(parts)), sizes.pop(0)
-                part.write("".join(line + "\n" for line in lines[:room]))
-                lines, room = lines[room:], room - len(lines[:room])
+                taken = lines[:room]
+                part[0].write("".join(line + "\n" for line in taken))
+                lines, room = lines[len(taken):], room - len(taken)
     _finish_part(part)
     os.replace(truth_path + ".partial", truth_path)
     probs, labels = np.concatenate(all_probs), np.concatenate(all_labels)
@@ -228,18 +229,16 @@ def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", f
             "bayes_logloss": logloss(labels, probs)}
 
 
-def _open_part(path: str):
-    """A data file written under a hidden name (ignored by readers) until `_finish_part` renames it."""
-    f = open(os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".partial"), "w",
-             encoding="ascii", newline="\n")
-    f.final_path = path
-    return f
+def _open_part(path: str) -> tuple:
+    """(file, final path): a data file written under a hidden name (ignored by readers) until it is complete."""
+    partial = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".partial")
+    return open(partial, "w", encoding="ascii", newline="\n"), path
 
 
-def _finish_part(f) -> None:
-    if f is not None:
-        f.close()
-        os.replace(f.name, f.final_path)
+def _finish_part(part: tuple | None) -> None:
+    if part is not None:
+        part[0].close()
+        os.replace(part[0].name, part[1])
 
 
 def summary_line(summary: dict) -> str:
