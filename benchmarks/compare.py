@@ -1,10 +1,10 @@
 """Compare two benchmark reports and flag regressions:
 
-    python benchmarks/compare.py BASE NEW [--threshold 0.10] [--metric samples_per_s|p50_ms|p99_ms]
+    python benchmarks/compare.py BASE NEW [--threshold 0.10] [--metric METRIC]
 
-BASE and NEW are results.json files (or the --out directories holding them). Cells are matched by their
-configuration and batch size; serving runs by service, transport, concurrency and batch. Printed ratios are
-NEW / BASE. A regression is: a metric worse by more than the threshold (throughput lower, latency higher), a
+BASE and NEW are results.json files (or the --out directories holding them); METRIC is samples_per_s (default),
+p50_ms, p90_ms, p99_ms or cpu_ms_per_batch. Cells are matched by their configuration and batch size; serving runs
+by transport, concurrency and batch. Printed ratios are NEW / BASE. A regression is: a metric worse by more than the threshold (throughput lower, latency higher), a
 cell that was ok in BASE and is wrong, failed or skipped in NEW, an RPC serving run with more errors or QPS lower
 by more than the threshold, or the upload endpoint's sample latency / lines per second worse by more than it.
 Exit status: 0 no regression, 1 at least one regression, 2 unreadable input.
@@ -18,7 +18,8 @@ import sys
 
 from matrix_spec import Cell
 
-HIGHER_IS_BETTER = {"samples_per_s": True, "p50_ms": False, "p90_ms": False, "p99_ms": False}
+HIGHER_IS_BETTER = {"samples_per_s": True, "p50_ms": False, "p90_ms": False, "p99_ms": False,
+                    "cpu_ms_per_batch": False}
 ENV_KEYS = ("cpu_model", "logical_cpus", "paddle", "onnxruntime", "gpus")
 
 

@@ -6,7 +6,8 @@ import os
 from collections import defaultdict
 
 # Fields every cell in results.json carries (None where not measured), besides the Cell axes.
-RESULT_FIELDS = ("status", "reason", "samples_per_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_abs_diff",
+RESULT_FIELDS = ("status", "reason", "samples_per_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
+                 "cpu_ms_per_batch", "max_abs_diff",
                  "peak_rss_mb", "base_rss_mb", "iterations", "measured_s", "create_ms", "engine", "wall_s")
 STATUS_MARK = {"wrong": "WRONG", "skipped": "skipped", "error": "ERROR"}
 
@@ -62,7 +63,12 @@ def _environment(env: dict) -> list[str]:
         ("Load average (1/5/15 min)", f"start {env['load_average_start']}, end {env.get('load_average_end')}"),
         ("Commit", env["git_commit"] or "unknown"),
     ]
-    return ["## Environment", "", "| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows] + [""]
+    lines = ["## Environment", "", "| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows] + [""]
+    busiest = max(env["load_average_start"][0], (env.get("load_average_end") or [0])[0])
+    if busiest >= env["cpus_usable"] / 2:
+        lines += [f"**The machine was busy (1-minute load up to {busiest} on {env['cpus_usable']} CPUs): wall-clock "
+                  "figures are unreliable; CPU ms per batch (in the table of every cell) is steadier.**", ""]
+    return lines
 
 
 def _counts(cells: list[dict]) -> list[str]:
@@ -86,12 +92,18 @@ def _best_per_batch(cells: list[dict]) -> list[str]:
     best = best_cells(cells)
     if not best:
         return ["No cell produced correct outputs.", ""]
+    paddle = best_cells([c for c in cells if c["backend"] == "paddle"])
     lines = ["## Best correct configuration per batch size", "",
-             "| device | batch | configuration | samples/s | p50 ms | p99 ms | peak RSS MB |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
-    for (device, batch), c in sorted(best.items()):
-        lines.append(f"| {device} | {batch} | **{c['config']}** | {c['samples_per_s']:,.0f} | {c['p50_ms']:.3g} "
-                     f"| {c['p99_ms']:.3g} | {c['peak_rss_mb']:.0f} |")
+             "Any backend, and Paddle Inference alone (what the servers run, through `ctrkit.inference`).", "",
+             "| device | batch | best configuration | samples/s | p50 ms | p99 ms | CPU ms/batch | peak RSS MB "
+             "| best Paddle Inference configuration | samples/s | p50 ms | p99 ms |",
+             "| --- | ---: | --- |" + " ---: |" * 5 + " --- |" + " ---: |" * 3]
+    for key, c in sorted(best.items()):
+        p = paddle.get(key)
+        tail = (f"{p['config']} | {p['samples_per_s']:,.0f} | {p['p50_ms']:.3g} | {p['p99_ms']:.3g}" if p
+                else "none correct | | |")
+        lines.append(f"| {key[0]} | {key[1]} | **{c['config']}** | {c['samples_per_s']:,.0f} | {c['p50_ms']:.3g} "
+                     f"| {c['p99_ms']:.3g} | {c['cpu_ms_per_batch']:.3g} | {c['peak_rss_mb']:.0f} | {tail} |")
     return lines + [""]
 
 
@@ -120,14 +132,16 @@ def _labelled(cells: list[dict]) -> list[str]:
     rows = [c for c in cells if c["label"]]
     if not rows:
         return []
-    lines = ["## Labelled rows", "", "| row | configuration | batch | status | samples/s | p50 ms | p99 ms |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    lines = ["## Labelled rows", "",
+             "| row | configuration | batch | status | samples/s | p50 ms | p99 ms | CPU ms/batch |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for c in rows:
         if c["status"] == "ok":
             lines.append(f"| {c['label']} | {c['config']} | {c['batch']} | ok | {c['samples_per_s']:,.0f} "
-                         f"| {c['p50_ms']:.3g} | {c['p99_ms']:.3g} |")
+                         f"| {c['p50_ms']:.3g} | {c['p99_ms']:.3g} | {c['cpu_ms_per_batch']:.3g} |")
         else:
-            lines.append(f"| {c['label']} | {c['config']} | {c['batch']} | {c['status']}: {c['reason']} | | | |")
+            lines.append(f"| {c['label']} | {c['config']} | {c['batch']} | {c['status']}: {_cell_text(c['reason'])} "
+                         "| | | | |")
     return lines + [""]
 
 
@@ -136,13 +150,13 @@ def _detail(cells: list[dict]) -> list[str]:
     if not measured:
         return []
     lines = ["## Every measured cell", "",
-             "| configuration | batch | status | samples/s | p50 ms | p90 ms | p99 ms | max abs diff | peak RSS MB "
-             "| iterations |", "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| configuration | batch | status | samples/s | p50 ms | p90 ms | p99 ms | CPU ms/batch | max abs diff "
+             "| peak RSS MB | iterations |", "| --- | ---: | --- |" + " ---: |" * 8]
     for c in measured:
         diff = "n/a" if c["max_abs_diff"] is None else f"{c['max_abs_diff']:.2g}"
         lines.append(f"| {c['config']} | {c['batch']} | {c['status']} | {c['samples_per_s']:,.0f} | "
-                     f"{c['p50_ms']:.3g} | {c['p90_ms']:.3g} | {c['p99_ms']:.3g} | {diff} | "
-                     f"{c['peak_rss_mb']:.0f} | {c['iterations']} |")
+                     f"{c['p50_ms']:.3g} | {c['p90_ms']:.3g} | {c['p99_ms']:.3g} | {c['cpu_ms_per_batch']:.3g} | "
+                     f"{diff} | {c['peak_rss_mb']:.0f} | {c['iterations']} |")
     return lines + [""]
 
 
@@ -156,9 +170,13 @@ def _reasons(cells: list[dict], status: str, title: str) -> list[str]:
         return []
     lines = [f"## {title}", "", "| configuration | batch sizes | reason |", "| --- | --- | --- |"]
     for (config, reason), batches in grouped.items():
-        text = " ".join(reason.split()).replace("|", "\\|")
-        lines.append(f"| {config} | {', '.join(map(str, batches))} | {text} |")
+        lines.append(f"| {config} | {', '.join(map(str, batches))} | {_cell_text(reason)} |")
     return lines + [""]
+
+
+def _cell_text(text: str) -> str:
+    """One line of text that cannot break a Markdown table."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _serving(serving: dict | None) -> list[str]:

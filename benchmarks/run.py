@@ -1,7 +1,7 @@
 """Inference benchmark matrix over an exported model; every cell in its own process, every output verified.
 
-    python benchmarks/run.py --model <export dir> [--matrix benchmarks/matrix.yaml] [--profile quick|full|tutorial]
-                             --out <dir> [--no-serving]
+    python benchmarks/run.py --model <export dir> [--matrix benchmarks/matrix.yaml]
+                             [--profile quick|full|tutorial|engines] --out <dir> [--no-serving]
 
 Writes <out>/results.json, <out>/report.md and PNG charts. Exit status: 0 when every cell is ok or skipped and
 the serving section (when the profile has one) ran without errors or was not run (with the reason); 1 when any
@@ -33,16 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="exported model directory (tools/to_static.py output)")
     parser.add_argument("--matrix", default=os.path.join(HERE, "matrix.yaml"))
-    parser.add_argument("--profile", default="quick", help="profile name in the matrix file (quick, full, tutorial)")
+    parser.add_argument("--profile", default="quick", help="profile in the matrix file (quick, full, tutorial, engines)")
     parser.add_argument("--out", required=True, help="directory for report.md, results.json and the charts")
     parser.add_argument("--no-serving", action="store_true", help="leave out the serving section")
     args = parser.parse_args(argv)
 
-    from ctrkit.inference import load_exported_model
+    from ctrkit.inference import ExportedModelError, load_exported_model
     try:
         profile = load_profile(args.matrix, args.profile)
         exported = load_exported_model(args.model)
-    except (MatrixError, OSError, ValueError) as e:
+    except (MatrixError, ExportedModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model_dir = exported.directory

@@ -103,10 +103,12 @@ def test_a_cell_that_hangs_is_an_error_not_a_skip(exported_deepfm, tmp_path):
     assert cell["status"] == "error" and "timed out after 0.5 s" in cell["reason"]
 
 
-def test_bad_matrix_exits_2_with_the_place(exported_deepfm, tmp_path):
+def test_bad_matrix_or_model_exits_2_with_the_place(exported_deepfm, tmp_path):
     matrix = write_matrix(tmp_path / "m.yaml", "      - {backend: paddle, batch: [1, -4]}\n")
     proc = run_bench("--model", exported_deepfm, "--matrix", matrix, "--profile", "t", "--out", str(tmp_path))
     assert proc.returncode == 2 and "profiles.t.groups[0].batch: invalid value -4" in proc.stderr
+    proc = run_bench("--model", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and f"no model_meta.json at {tmp_path}" in proc.stderr
 
 
 def test_compare_flags_a_planted_regression(quick_run, tmp_path):
