@@ -73,6 +73,7 @@ def export_model(model: paddle.nn.Layer, output_dir: str, *, feature_spec: Featu
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; servers under other users must read the model
     try:
         try:
             paddle.jit.save(model, os.path.join(staging, model_prefix), input_spec=model.input_specs())

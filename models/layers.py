@@ -132,8 +132,8 @@ def fm_second_order(embeddings: paddle.Tensor) -> paddle.Tensor:
 
 def field_pairs(num_fields: int) -> tuple[paddle.Tensor, paddle.Tensor]:
     """Indices (i, j) of the P = F*(F-1)/2 field pairs with i < j, row-major: two int64 [P] tensors.
-    Built by an op (not a Python constant), so exported programs carry it."""
-    # assign_value, not triu_indices: paddle2onnx 2.1.0 aborts on triu_indices (no ONNX export for the model)
+    A tensor constant (an assign_value op in exported programs; not paddle.triu_indices, on which paddle2onnx 2.1.0
+    aborts, so the model would have no ONNX export)."""
     pairs = paddle.to_tensor(np.stack(np.triu_indices(num_fields, 1)).astype("int64"))
     return pairs[0], pairs[1]
 
