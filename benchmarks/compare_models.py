@@ -48,22 +48,25 @@ BARS_CRITEO_X1 = {
 }
 
 
-def generate(work_dir: str, name: str, rows: int, seed: int) -> dict:
-    """tools/gen_data.py into <work_dir>/data/<name> (reused when the same rows and seed were generated before)."""
+def generate(work_dir: str, name: str, rows: int, seed: int, interaction_scale: float) -> dict:
+    """tools/gen_data.py into <work_dir>/data/<name> (reused when the same request was generated before)."""
     out = os.path.join(work_dir, "data", name)
     meta_path = out + ".json"
+    request = {"rows": rows, "seed": seed, "interaction_scale": interaction_scale}
     if os.path.isfile(meta_path):
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-        if meta.get("request") == {"rows": rows, "seed": seed} and os.path.isdir(out):
+        if meta.get("request") == request and os.path.isdir(out):
             return meta
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, GEN_DATA, "--rows", str(rows), "--seed", str(seed), "--format", "slot",
-               "--out", out, "--truth", out + ".truth.txt"]
+               "--out", out, "--truth", out + ".truth.txt", "--interaction_scale", str(interaction_scale)]
     print("$ " + shlex.join(command), file=sys.stderr, flush=True)
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"tools/gen_data.py failed (exit status {done.returncode}):\n{done.stderr[-2000:]}")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    meta = {"request": {"rows": rows, "seed": seed}, "dir": out, "summary": summary}
+    meta = {"request": request, "dir": out, "summary": summary}
     with open(meta_path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
     return meta
@@ -97,11 +100,11 @@ def run_model(name: str, train_dir: str, test_dir: str, save_dir: str, epochs: i
             "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
-def _child(queue, *args) -> None:
+def _child(results, *args) -> None:
     try:
-        queue.put(("ok", run_model(*args)))
+        results.put(("ok", run_model(*args)))
     except BaseException:
-        queue.put(("error", traceback.format_exc()))
+        results.put(("error", traceback.format_exc()))
 
 
 def run_isolated(name: str, *args) -> dict:
@@ -135,7 +138,8 @@ def markdown(results: list[dict], train_meta: dict, test_meta: dict, info: dict)
         f"Machine: {info['machine']}; Python {info['python']}, paddlepaddle {info['paddle']}; "
         f"load average before / after: {info['load_before']} / {info['load_after']}.  ",
         f"Data: tools/gen_data.py, {train_meta['summary']['rows']:,} training rows (seed {TRAIN_SEED}), "
-        f"{test['rows']:,} test rows (seed {TEST_SEED}), positive rate {test['positive_rate']:.3f}; "
+        f"{test['rows']:,} test rows (seed {TEST_SEED}), interaction scale "
+        f"{train_meta['request']['interaction_scale']}, positive rate {test['positive_rate']:.3f}; "
         f"{info['epochs']} epoch(s), each model with its own config.yaml.  ",
         f"Bayes (true click probabilities) on the test set: AUC **{test['bayes_auc']:.4f}**, "
         f"logloss **{test['bayes_logloss']:.4f}**.",
@@ -172,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test_rows", type=int, default=200_000, help="test rows (default 200,000)")
     parser.add_argument("--models", default=",".join(available_models()), help="comma-separated model names")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--interaction_scale", type=float, default=3.0,
+                        help="strength of the planted pairwise interactions (default 3: interactions matter, so the "
+                             "comparison separates interaction models from logistic regression)")
     parser.add_argument("--work_dir", default=os.path.join(REPO, "output", "compare_models"))
     parser.add_argument("--keep_checkpoints", action="store_true", help="keep every model's checkpoints")
     parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
@@ -190,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), {platform.system()}",
             "python": platform.python_version(), "paddle": paddle.__version__, "epochs": args.epochs,
             "load_before": [round(v, 2) for v in os.getloadavg()]}
-    train_meta = generate(work_dir, "train", args.rows, TRAIN_SEED)
-    test_meta = generate(work_dir, "test", args.test_rows, TEST_SEED)
+    train_meta = generate(work_dir, "train", args.rows, TRAIN_SEED, args.interaction_scale)
+    test_meta = generate(work_dir, "test", args.test_rows, TEST_SEED, args.interaction_scale)
     results = []
     for name in models:
         save_dir = os.path.join(work_dir, "checkpoints", name)

@@ -37,11 +37,14 @@ def main() -> int:
                         help="omit the click label (test/serving input); the rows are otherwise the same")
     parser.add_argument("--sparse_feature_number", type=positive_int, default=FeatureSpec().sparse_feature_number,
                         help="size of the slot id space the categorical values are hashed into (default %(default)s)")
+    parser.add_argument("--interaction_scale", type=float, default=1.0,
+                        help="strength of the planted pairwise interactions (default 1: mild; 3: dominant)")
     args = parser.parse_args()
     spec = FeatureSpec(sparse_feature_number=args.sparse_feature_number)
     truth = args.truth or args.out.rstrip("/") + ".truth.txt"
     summary = generate_dataset(args.out, args.rows, args.seed, fmt=args.format, files=args.files, truth_path=truth,
-                               truth_seed=args.truth_seed, with_labels=not args.no_label, spec=spec)
+                               truth_seed=args.truth_seed, with_labels=not args.no_label, spec=spec,
+                               interaction_scale=args.interaction_scale)
     print(f"wrote {args.rows} rows ({args.format} format) in {args.files} file(s) to {args.out}; "
           f"true click probabilities in {truth}")
     print(summary_line(summary))

@@ -71,7 +71,12 @@ class GroundTruth:
     bias: float = 0.0
 
 
-def make_ground_truth(truth_seed: int = DEFAULT_TRUTH_SEED, spec: FeatureSpec | None = None) -> GroundTruth:
+def make_ground_truth(truth_seed: int = DEFAULT_TRUTH_SEED, spec: FeatureSpec | None = None,
+                      interaction_scale: float = 1.0) -> GroundTruth:
+    """The ground truth of `truth_seed`. `interaction_scale` multiplies the interaction vectors (each pair term by
+    its square): 1 gives the default, mild interactions; ~3 a set where pairwise interactions dominate."""
+    if interaction_scale < 0:
+        raise ValueError(f"interaction_scale must be >= 0, got {interaction_scale}")
     spec = spec or FeatureSpec()
     rng = np.random.default_rng(truth_seed)
     sizes = np.round(np.exp(rng.uniform(*np.log(VOCAB_RANGE), NUM_SLOTS))).astype(int)
@@ -93,7 +98,8 @@ def make_ground_truth(truth_seed: int = DEFAULT_TRUTH_SEED, spec: FeatureSpec | 
         if (s, t) not in pairs:
             pairs.append((s, t))
     interacting = {s for pair in pairs for s in pair}
-    slot_latent = [rng.normal(0.0, LATENT_SD, (sizes[s], LATENT_DIM)) * shrinks[s][:, None] if s in interacting
+    slot_latent = [rng.normal(0.0, LATENT_SD * interaction_scale, (sizes[s], LATENT_DIM)) * shrinks[s][:, None]
+                   if s in interacting
                    else np.zeros((sizes[s], LATENT_DIM)) for s in range(NUM_SLOTS)]
     truth = GroundTruth(
         vocab=vocab, cdf=cdf, slot_missing=slot_missing, slot_weight=slot_weight, slot_latent=slot_latent,
@@ -190,7 +196,7 @@ def _prepare_output_dir(out_dir: str) -> None:
 
 def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", files: int = 1,
                      truth_path: str | None = None, truth_seed: int = DEFAULT_TRUTH_SEED, with_labels: bool = True,
-                     spec: FeatureSpec | None = None) -> dict:
+                     spec: FeatureSpec | None = None, interaction_scale: float = 1.0) -> dict:
     """Write `rows` rows into `files` files `out_dir`/part-NNNNN.txt and each row's true click probability
     (one per line, same order) to `truth_path` (default `<out_dir>.truth.txt`). Returns the summary
     {"rows", "positive_rate", "bayes_auc", "bayes_logloss"} (labels vs true probabilities; exact).
@@ -205,7 +211,7 @@ def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", f
     if os.path.dirname(os.path.abspath(truth_path)) == os.path.abspath(out_dir):
         raise ValueError(f"the truth file {truth_path} must not be inside the data directory {out_dir}")
     _prepare_output_dir(out_dir)
-    truth = make_ground_truth(truth_seed, spec)
+    truth = make_ground_truth(truth_seed, spec, interaction_scale)
     sizes = [rows * (i + 1) // files - rows * i // files for i in range(files)]
     parts = (os.path.join(out_dir, PART_NAME.format(i)) for i in range(files))
     all_probs, all_labels = [], []
