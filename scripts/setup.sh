@@ -24,3 +24,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi
+
+# the real Paddle Serving client, for the RPC compatibility test (idempotent; see the script)
+scripts/fetch_serving_client.sh

@@ -102,7 +102,7 @@ def grpc_call(channel: grpc.Channel, body: bytes, timeout_s: float = 30):
         return None, e.code(), dict(e.trailing_metadata() or ()), e.details()
 
 
-def wait_until(predicate, timeout_s: float = 120, what: str = "condition") -> None:
+def wait_until(predicate, timeout_s: float = 60, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():

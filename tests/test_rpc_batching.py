@@ -110,8 +110,10 @@ def test_failed_call_fails_only_its_requests(setup):
 def test_close_finishes_queued_requests(setup):
     predictor, batcher = setup
     results: dict = {}
-    threads = [submit(batcher, v, 1, results) for v in (1, 2, 3)]
-    wait_until(lambda: batcher.queued() >= 2, what="requests queued")
+    threads = [submit(batcher, 1, 1, results)]
+    wait_until(lambda: predictor.entered == 1, what="first request in the predictor")
+    threads += [submit(batcher, v, 1, results) for v in (2, 3)]
+    wait_until(lambda: batcher.queued() == 2, what="requests queued")
     closer = threading.Thread(target=batcher.close)
     closer.start()
     predictor.gate.set()

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -83,6 +84,15 @@ def test_http_answers_in_kind(server, rows, local):
     assert answer.log_id == 7 and answer.err_no == 0 and list(answer.outputs[0].tensor[0].shape) == [3, 1]
     np.testing.assert_allclose(answer.outputs[0].tensor[0].float_data, expected, atol=1e-6)
 
+    profiled = proto_request(dense, sparse)
+    profiled.profile_server = True
+    profiled.fetch_var_names[:] = [tensor["name"]]  # a fetch var may be named by its name or its alias
+    r = requests.post(f"{server.url}/GeneralModelService/inference", data=profiled.SerializeToString(),
+                      headers=PROTO)
+    answer = P.Response.FromString(r.content)
+    assert r.status_code == 200 and answer.outputs[0].tensor[0].alias_name == "prob"
+    assert len(answer.profile_time) == 4 and list(answer.profile_time) == sorted(answer.profile_time)
+
 
 def test_large_answer_is_gzipped_when_accepted(server, rows):
     dense, sparse = (np.repeat(a, 10, axis=0)[:MAX_BATCH] for a in rows)
@@ -137,7 +147,7 @@ def _bad_proto_cases(dense: np.ndarray, sparse: np.ndarray) -> dict[str, tuple[b
     nan[0, 2], inf[1, 0] = np.nan, np.inf
     lod = req()
     lod.tensor[0].lod.extend([0, 1, 2])
-    too_big = (np.repeat(dense, MAX_BATCH, axis=0)[:MAX_BATCH + 1], np.repeat(sparse, MAX_BATCH, axis=0)[:MAX_BATCH + 1])
+    too_big = tuple(np.repeat(a, MAX_BATCH, axis=0)[:MAX_BATCH + 1] for a in (dense, sparse))
     unknown_fetch = req()
     unknown_fetch.fetch_var_names[:] = ["score"]
     return {
@@ -273,7 +283,8 @@ def _rec_client(exported_deepfm: str, port: int, data: str, *flags: str) -> tupl
 def test_rec_client_prints_answers_and_verifies(server, exported_deepfm, slot_sample, local, rows, tmp_path):
     output = tmp_path / "preds.txt"
     code, lines, summary = _rec_client(exported_deepfm, server.grpc_port, slot_sample, "--batchsize", "5",
-                                       "--client_mode", "rpc", "--verify", "--output", str(output))
+                                       "--client_mode", "rpc", "--verify", "--output", str(output),
+                                       "--wait_ready", "30")
     assert code == 0, lines
     assert summary["errors"] == 0 and summary["requests"] == 16 and summary["samples"] == 80
     assert summary["mismatches"] == 0 and summary["verified"] == 16
@@ -330,3 +341,26 @@ def test_sigterm_drains_in_flight_requests(exported_deepfm, rows, local, tmp_pat
     assert "draining" in log and "drained in" in log
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{srv.url}/health", timeout=5)
+
+
+# ---------------------------------------------------------------------------------------- start-up errors
+def test_startup_errors_are_one_clear_line(exported_deepfm):
+    from ctrkit.inference import capabilities
+
+    model = os.path.join(exported_deepfm, "serving_server")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cases = [(["--model", "/nonexistent/model"], "does not exist"),
+             (["--model", model, "--use_trt"], "--use_trt needs --use_gpu"),
+             (["--model", model, "--port", str(busy.getsockname()[1])], "cannot bind")]
+    if not capabilities()["cuda"]:
+        cases.append((["--model", model, "--use_gpu"], "CPU-only build"))
+    try:
+        for flags, text in cases:
+            proc = subprocess.run([sys.executable, "-m", "serving.rpc", *flags], capture_output=True, text=True,
+                                  timeout=120, cwd=REPO_ROOT)
+            assert proc.returncode == 2 and text in proc.stderr and "Traceback" not in proc.stderr, \
+                (flags, proc.stderr[-2000:])
+    finally:
+        busy.close()

@@ -22,7 +22,8 @@ import numpy as np
 from ctrkit.cli import UserError, run_cli
 from ctrkit.data import FeatureSpec
 from ctrkit.inference import META_FILE, InferenceError, PredictorOptions, create_predictor, read_meta
-from serving.rpc.client import MODES, ServingClient, ServingError, read_feed_layout, request_batches, run_load
+from serving.rpc.client import (MODES, ServingClient, ServingError, read_feed_layout, request_batches, run_load,
+                                wait_ready)
 
 log = logging.getLogger("rec_client")
 
@@ -43,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=0, help="uncounted requests per client before measuring")
     p.add_argument("--gzip", action="store_true", help="gzip request bodies (http modes)")
     p.add_argument("--timeout_ms", type=int, default=20000)
+    p.add_argument("--wait_ready", type=float, default=0, metavar="SECONDS", help="first wait up to this long "
+                   "for the server to be ready (gRPC health / HTTP /ready), e.g. right after starting it")
     p.add_argument("--output", help="write one prediction per line here, in input order")
     p.add_argument("--verify", action="store_true", help="compare every answer with a local predictor")
     p.add_argument("--verify_atol", type=float, default=1e-5)
@@ -54,8 +57,8 @@ def parse_args() -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name} must be positive, got {value}")
-    if args.warmup < 0:
-        raise UserError("--warmup must be >= 0")
+    if args.warmup < 0 or args.wait_ready < 0:
+        raise UserError("--warmup and --wait_ready must be >= 0")
     return args
 
 
@@ -88,6 +91,8 @@ def main() -> int:
         raise UserError("--verify needs the model: pass --model <export dir or serving_server dir>")
     local = create_predictor(model, PredictorOptions()) if args.verify else None
     spec = feature_spec(model)
+    if args.wait_ready:
+        wait_ready(args.connect, args.client_mode, args.wait_ready)
     cycle = args.requests is not None or args.duration is not None
     batches = request_batches(args.data_dir, spec, args.batchsize, cycle=cycle, limit=args.requests)
     answers: dict[int, np.ndarray] = {}
@@ -128,4 +133,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, (InferenceError, ValueError, ServingError))
+    run_cli(main, (InferenceError, ValueError, ServingError, TimeoutError))

@@ -1,9 +1,9 @@
 """Dynamic batching: concurrent small requests are merged into one predictor call.
 
-Each worker thread holds one predictor of the pool for its lifetime. It takes the oldest queued job, then gathers more until the
-merged batch would exceed `max_samples` or `window_s` has passed since it took the first one (`window_s == 0`:
-only what is already queued, so an idle server adds no latency and a busy one batches what piled up). The
-merged inputs go through the predictor once and every job gets its own slice back.
+Each worker thread holds one predictor of the pool for its lifetime. It takes the oldest queued job, then
+gathers more until the merged batch would exceed `max_samples` or `window_s` has passed since it took the first
+one (`window_s == 0`: only what is already queued, so an idle server adds no latency and a busy one batches what
+piled up). The merged inputs go through the predictor once and every job gets its own slice back.
 """
 from __future__ import annotations
 

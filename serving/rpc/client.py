@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ctrkit.data import FeatureSpec, iter_batches
 from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
@@ -108,21 +110,25 @@ class ServingClient:
             raise ServingError(0, f"answer holds {len(prob)} predictions for {len(dense)} samples")
         return prob
 
-    def _send_rpc(self, body: bytes) -> dict | object:
+    def _send_rpc(self, body: bytes):  # -> Response
         try:
             return P.Response.FromString(self._call(body, timeout=self.timeout_s))
         except grpc.RpcError as e:
             meta = dict(e.trailing_metadata() or ())
             raise ServingError(int(meta.get("err_no", 0)), e.details() or "", e.code().name) from None
 
-    def _send_http(self, body: bytes) -> dict | object:
+    def _send_http(self, body: bytes):  # -> Response, or the parsed JSON answer
         headers = {"Content-Type": "application/proto" if self.mode == "http_proto" else "application/json",
                    "Accept-Encoding": "gzip"}
         if self.compress:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         status, content_type, data = self._post(body, headers)
-        answer = P.Response.FromString(data) if content_type == "application/proto" else json.loads(data)
+        try:
+            answer = P.Response.FromString(data) if content_type == "application/proto" else json.loads(data)
+        except (DecodeError, ValueError):
+            raise ServingError(0, f"unreadable answer ({len(data)} bytes of {content_type or 'no Content-Type'})",
+                               f"HTTP {status}") from None
         err_no = answer.err_no if content_type == "application/proto" else answer.get("err_no", 0)
         if status != 200 or err_no:
             message = answer.err_msg if content_type == "application/proto" else answer.get("err_msg", "")
@@ -171,6 +177,34 @@ class ServingClient:
             self._channel.close()
         if self._http is not None:
             self._http.close()
+
+
+def wait_ready(endpoint: str, mode: str, timeout_s: float) -> None:
+    """Block until the server on `endpoint` is ready (gRPC health SERVING, or HTTP GET /ready 200);
+    TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    host, _, port = endpoint.rpartition(":")
+    while True:
+        try:
+            if mode == "rpc":
+                with grpc.insecure_channel(endpoint) as channel:
+                    status = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=P.SERVICE), timeout=2).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            else:
+                conn = http.client.HTTPConnection(host, int(port), timeout=2)
+                try:
+                    conn.request("GET", "/ready")
+                    if conn.getresponse().status == 200:
+                        return
+                finally:
+                    conn.close()
+        except (grpc.RpcError, OSError, http.client.HTTPException):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server at {endpoint} not ready after {timeout_s:g} s")
+        time.sleep(0.1)
 
 
 # ------------------------------------------------------------------------------------------ load runner
@@ -255,7 +289,7 @@ def run_load(make_client: Callable[[], ServingClient], batches: Iterator[Batch],
             t0 = time.perf_counter()
             try:
                 prob = client.predict(dense, sparse, log_id=index)
-            except ServingError as e:
+            except Exception as e:  # counted and reported, and the other clients carry on
                 with lock:
                     result.errors += 1
                     result.requests += 1

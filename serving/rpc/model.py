@@ -55,9 +55,10 @@ class ServedModel:
         self._atol = predictor_options.golden_atol or GOLDEN_ATOL[predictor_options.precision]
         config = read_server_config(path)
         self.feeds = [_FeedVar(v.name, v.alias_name or v.name, v.feed_type, tuple(v.shape)) for v in config.feed_var]
-        self.fetches = {(v.alias_name or v.name): v.name for v in config.fetch_var}
+        self.fetches = {(v.alias_name or v.name): v.name for v in config.fetch_var}  # alias -> name
         self._by_key = {f.name: f for f in self.feeds} | {f.alias: f for f in self.feeds}  # alias wins
-        self._check_contract(config)
+        self._fetch_by_key = {name: alias for alias, name in self.fetches.items()} | {a: a for a in self.fetches}
+        self._check_contract()
         self.id_limit = self.exported.feature_spec.sparse_feature_number
         pool = PredictorPool(self.exported, predictor_options, pool_size)  # golden-checks every predictor
         self._runner = (DynamicBatcher(pool, pool_size, batching.window_ms / 1000.0, batching.max_samples,
@@ -69,7 +70,7 @@ class ServedModel:
             self._runner.close()
             raise
 
-    def _check_contract(self, config) -> None:
+    def _check_contract(self) -> None:
         inputs = self.exported.input_names
         names = [f.name for f in self.feeds]
         if sorted(names) != sorted(inputs):
@@ -88,22 +89,18 @@ class ServedModel:
         fetch = self._fetch_names(request.fetch_var_names)
         t1 = time.time()
         prob = self._runner.predict(dense, sparse).reshape(-1, 1)
-        profile = [int(t0 * 1e6), int(t1 * 1e6), int(t1 * 1e6), int(time.time() * 1e6)] \
-            if request.profile_server else []
+        # Paddle Serving's convention: (start, end) pairs in microseconds, here for validation and prediction
+        profile = [int(t * 1e6) for t in (t0, t1, t1, time.time())] if request.profile_server else []
         return Outputs({alias: (self.fetches[alias], prob) for alias in fetch}, request.log_id, profile)
 
     def _fetch_names(self, names: list[str]) -> list[str]:
         if not names:
             return list(self.fetches)
-        by_name = {name: alias for alias, name in self.fetches.items()}
-        out = []
-        for name in names:
-            alias = name if name in self.fetches else by_name.get(name)
-            if alias is None:
-                raise RequestError(P.UNKNOWN_NAME, f"unknown fetch var '{name}'; this model fetches "
-                                                   f"{list(self.fetches)}")
-            out.append(alias)
-        return out
+        unknown = [n for n in names if n not in self._fetch_by_key]
+        if unknown:
+            raise RequestError(P.UNKNOWN_NAME, f"unknown fetch var '{unknown[0]}'; this model fetches "
+                                               f"{list(self.fetches)}")
+        return [self._fetch_by_key[n] for n in names]
 
     def _feeds(self, request: InferenceRequest) -> tuple[np.ndarray, np.ndarray]:
         given: dict[str, FeedTensor] = {}

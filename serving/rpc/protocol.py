@@ -292,9 +292,5 @@ def error_json(kind: ErrorKind, message: str, log_id: int) -> bytes:
     return json.dumps({"err_no": kind.err_no, "err_msg": message, "log_id": log_id}).encode()
 
 
-def is_finite(arr: np.ndarray) -> bool:
-    return arr.dtype.kind != "f" or bool(np.isfinite(arr).all())
-
-
 def prod(shape: tuple[int, ...]) -> int:
     return math.prod(shape)

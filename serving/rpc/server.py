@@ -125,12 +125,13 @@ class Server:
 
     def run(self) -> int:
         args = self.args
-        version = self.versions.load_initial()
         max_bytes = int(args.max_body_mb * 1024 * 1024)
+        # bind both ports first: a port in use fails in a second, not after loading the model
         grpc_t = GrpcTransport(self.service, args.host, args.port, args.thread, max_bytes, args.thread * 64,
                                args.reuse_port)
         http_t = HttpTransport(self.service, self.metrics, args.host, http_port(args), max_bytes,
                                args.max_connections, args.reuse_port)
+        version = self.versions.load_initial()
         grpc_t.start()
         http_t.start()
         grpc_t.set_serving(True)
@@ -158,7 +159,7 @@ class Server:
     def _drain(self, grpc_t: GrpcTransport, http_t: HttpTransport) -> int:
         """Refuse new work, let in-flight requests finish, release the model."""
         timeout = self.args.drain_timeout_s
-        log.info("SIGTERM: draining (up to %.0f s for in-flight requests)", timeout)
+        log.info("stop signal: draining (up to %.0f s for in-flight requests)", timeout)
         start = time.monotonic()
         self.service.start_draining()
         grpc_t.set_serving(False)

@@ -170,9 +170,10 @@ class VersionManager:
         log.info("serving model version %d from %s", version, path)
         return True
 
-    def _swap(self, model: Servable) -> None:
+    def _swap(self, model: Servable | None) -> None:
+        """Serve `model` (None: nothing); the old version closes once its last request is done."""
         with self._lock:
-            old, self._slot = self._slot, _Slot(model)
+            old, self._slot = self._slot, (_Slot(model) if model is not None else None)
             if old is None:
                 return
             old.retired = True
@@ -207,10 +208,8 @@ class VersionManager:
         self._wake.set()
 
     def shutdown(self) -> None:
-        """Stop watching and close the served version (call after requests have drained)."""
+        """Stop watching and retire the served version (closed at once, or by its last request in flight)."""
         self._stop.set()
         self._wake.set()
-        with self._check_lock, self._lock:
-            slot, self._slot = self._slot, None
-        if slot is not None:
-            self._close(slot.model)
+        with self._check_lock:
+            self._swap(None)

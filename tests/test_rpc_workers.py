@@ -1,0 +1,52 @@
+"""--workers: several server processes on the same ports, one ready line, metrics summed over the workers,
+SIGTERM stops them all."""
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+import numpy as np
+import psutil
+import requests
+
+from ctrkit.data import FeatureSpec, iter_batches
+from ctrkit.inference import PredictorOptions, create_predictor
+from serving.rpc.client import ServingClient, ServingError, read_feed_layout
+from rpc_helpers import RpcServer
+
+
+def test_workers_share_the_ports_and_stop_together(exported_deepfm, slot_sample, tmp_path):
+    batch = next(iter(iter_batches(slot_sample, FeatureSpec(), 1000)))
+    expected = create_predictor(exported_deepfm, PredictorOptions()).predict(batch.dense, batch.sparse)
+    server = RpcServer(os.path.join(exported_deepfm, "serving_server"), str(tmp_path / "server.log"),
+                       "--workers", "2")
+    layout = read_feed_layout(os.path.join(exported_deepfm, "serving_client"))
+    failures: list[str] = []
+
+    def work(i: int) -> None:  # every client its own connection, so the kernel can spread them
+        mode = ("rpc", "http_proto", "http")[i % 3]
+        c = ServingClient(layout, f"127.0.0.1:{server.grpc_port if mode == 'rpc' else server.http_port}", mode)
+        for start in range(0, 80, 8):
+            try:
+                got = c.predict(batch.dense[start:start + 8], batch.sparse[start:start + 8])
+            except ServingError as e:
+                failures.append(str(e))
+                continue
+            if not np.allclose(got, expected[start:start + 8], atol=1e-6):
+                failures.append(f"client {i} rows {start}: {got}")
+        c.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    pids = [int(p) for p in re.findall(r'ctrkit_rpc_model_version\{pid="(\d+)"\}', metrics)]
+    assert failures == []
+    assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+    assert server.metric("ctrkit_rpc_requests_total", 'err_no="0"') == 12 * 10  # summed over both workers
+    assert server.stop() == 0, server.log()
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert server.log().count("drained in") == 2
