@@ -10,6 +10,7 @@ import re
 import socket
 
 import numpy as np
+import psutil
 import pytest
 import redis
 import requests
@@ -39,9 +40,10 @@ def upload_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def service(exported_deepfm, redis_server, upload_dir, tmp_path_factory):
-    """Flags for some settings, environment variables for others (both must work)."""
+    """Two worker processes; flags for some settings, environment variables for others (both must work)."""
     log_path = str(tmp_path_factory.mktemp("upload-log") / "server.log")
-    server = UploadServer(exported_deepfm, log_path, "--redis_url", redis_server.url, "--upload_dir", upload_dir,
+    server = UploadServer(exported_deepfm, log_path, "--workers", "2", "--redis_url", redis_server.url,
+                          "--upload_dir", upload_dir,
                           env={"CTR_UPLOAD_REDIS_TTL": str(TTL_S), "CTR_UPLOAD_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)})
     yield server
     assert server.stop() == 0, server.log()
@@ -146,6 +148,7 @@ def test_debug_timings(service, slot_sample):
     assert "debug" not in post(service, open(slot_sample, "rb").read(), user_id="d").json()
 
 
+@pytest.mark.slow
 def test_lines_across_batches_and_a_100k_line_file(service, raw_sample, predict_local, tmp_path):
     """100,000 lines (the raw sample 1000 times): every line's prediction in order, and the top-k picks the
     best base row's copies in file order (ties go to the earlier line)."""
@@ -160,6 +163,17 @@ def test_lines_across_batches_and_a_100k_line_file(service, raw_sample, predict_
     best = int(np.argmax(base)) + 1
     assert top["index"] == [best + 100 * i for i in range(5)]
     np.testing.assert_allclose(scores(top), [base.max()] * 5, atol=ATOL)
+
+
+def worker_processes(server: UploadServer) -> list[psutil.Process]:
+    return [p for p in psutil.Process(server.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+
+
+def test_two_worker_processes_serve(service):
+    workers = worker_processes(service)
+    assert len(workers) == 2
+    pids = {checked_json(requests.get(service.url + "/ready", timeout=30)).json()["pid"] for _ in range(20)}
+    assert pids <= {w.pid for w in workers}
 
 
 def test_eight_concurrent_uploads(service, slot_sample, raw_sample, predict_local):
@@ -382,3 +396,16 @@ def test_settings_from_flags_and_environment(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         parse_settings(["--model", "m", "--redis_url", "http://127.0.0.1:6379"])
     assert "--redis_url must be a redis://" in capsys.readouterr().err
+
+
+def test_a_dying_worker_stops_the_service(exported_deepfm, tmp_path):
+    """The supervisor does not limp on with fewer workers: it stops the rest and exits non-zero."""
+    server = UploadServer(exported_deepfm, str(tmp_path / "server.log"), "--workers", "2")
+    try:
+        victim, survivor = worker_processes(server)
+        victim.kill()
+        assert server.proc.wait(timeout=60) != 0
+        assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE
+        assert f"(pid {victim.pid}) exited with status -9; stopping the service" in server.log()
+    finally:
+        server.stop()

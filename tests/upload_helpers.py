@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import redis
 import requests
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,7 @@ def wait_http_ok(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> No
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused, or queued until a worker accepts
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} not ready after {timeout_s} s")
@@ -71,7 +72,6 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.directory], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 30
         while True:

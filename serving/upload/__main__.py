@@ -6,12 +6,12 @@ from ctrkit.inference import InferenceError
 from serving.upload.settings import parse_settings
 
 
-def main() -> None:
+def main() -> int:
     settings = parse_settings()  # before the heavy imports, so --help and bad flags answer at once
     setup_logging()
-    from serving.upload.server import build_app, serve
+    from serving.upload.server import serve
 
-    serve(build_app(settings), settings)
+    return serve(settings)
 
 
 if __name__ == "__main__":

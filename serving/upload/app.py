@@ -6,6 +6,7 @@ status, and no traceback ever reaches a client (unexpected errors are logged and
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -148,7 +149,7 @@ def create_app(scorer: Scorer, store: ResultStore, *, model_name: str, upload_di
     @app.get("/ready")
     def ready():
         # The predictor pool is built before the server listens, so answering at all means the model is ready.
-        return jsonify(code=200, status="ready", model=model_name, redis=store.status())
+        return jsonify(code=200, status="ready", model=model_name, redis=store.status(), pid=os.getpid())
 
     @app.post("/upload")
     def upload():

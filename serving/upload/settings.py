@@ -19,8 +19,8 @@ class UploadSettings:
     model: str                  # exported model directory (or its serving_server/)
     host: str = "127.0.0.1"
     port: int = 8867
-    threads: int = 4            # waitress request threads
-    workers: int = 2            # pooled predictors: uploads predicted at the same time
+    threads: int = 4            # waitress request threads per worker process
+    workers: int = 1            # worker processes (each with its own model and predictor)
     batch_size: int = 2048      # lines parsed and predicted per step; bounds memory per upload
     device: str = "cpu"
     gpu_id: int = 0
@@ -77,8 +77,9 @@ _FLAGS: dict[str, tuple] = {
     "model": (str, "exported model directory written by tools/to_static.py (or its serving_server/); required"),
     "host": (str, "address to bind; 0.0.0.0 exposes the service beyond this machine"),
     "port": (_number(int, 0, 65535), "TCP port"),
-    "threads": (_number(int, 1), "waitress request threads"),
-    "workers": (_number(int, 1), "pooled predictors, i.e. uploads predicted at the same time"),
+    "threads": (_number(int, 1), "waitress request threads per worker process"),
+    "workers": (_number(int, 1), "worker processes, each with its own model copy; Paddle holds the GIL while "
+                                 "predicting, so processes are what serve uploads in parallel"),
     "batch_size": (_number(int, 1), "lines parsed and predicted per step (bounds memory per upload)"),
     "device": (str, "cpu or gpu (gpu needs a CUDA build of Paddle; never falls back to cpu)"),
     "gpu_id": (_number(int, 0), "GPU index with --device gpu"),
