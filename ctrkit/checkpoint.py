@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import paddle
+
+from ctrkit.fsutil import staged_directory
 
 PARAMS_FILE = "rec.pdparams"
 OPTIMIZER_FILE = "rec.pdopt"
@@ -26,21 +26,13 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(save_path: str, epoch: int, model: paddle.nn.Layer, optimizer=None,
                     info: dict | None = None) -> str:
     """Atomically write epoch `epoch`'s checkpoint; returns its directory."""
-    os.makedirs(save_path, exist_ok=True)
     final_dir = os.path.join(save_path, str(epoch))
-    tmp_dir = tempfile.mkdtemp(prefix=f".{epoch}.tmp-", dir=save_path)
-    try:
+    with staged_directory(final_dir) as tmp_dir:
         paddle.save(model.state_dict(), os.path.join(tmp_dir, PARAMS_FILE))
         if optimizer is not None:
             paddle.save(optimizer.state_dict(), os.path.join(tmp_dir, OPTIMIZER_FILE))
         with open(os.path.join(tmp_dir, INFO_FILE), "w", encoding="utf-8") as f:
             json.dump({"epoch": epoch, **(info or {})}, f, indent=1)
-        if os.path.isdir(final_dir):
-            shutil.rmtree(final_dir)
-        os.rename(tmp_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return final_dir
 
 

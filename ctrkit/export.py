@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import paddle
@@ -28,6 +27,7 @@ from ctrkit import inference, serving_config
 from ctrkit.checkpoint import load_model_state
 from ctrkit.config import Config
 from ctrkit.data.spec import FeatureSpec
+from ctrkit.fsutil import staged_directory
 from ctrkit.inference import META_FILE, META_FORMAT_VERSION, ONNX_FILE, PredictorOptions
 from models.registry import build_model
 
@@ -70,11 +70,7 @@ def export_model(model: paddle.nn.Layer, output_dir: str, *, feature_spec: Featu
     if np.ptp(prob) < 1e-6:
         log.warning("all %d golden outputs are %.6g: a self-check on them detects few errors; pick golden rows "
                     "the model scores differently", len(prob), prob[0])
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; servers under other users must read the model
-    try:
+    with staged_directory(output_dir) as staging:
         try:
             paddle.jit.save(model, os.path.join(staging, model_prefix), input_spec=model.input_specs())
         except Exception as exc:  # to_static rejects what it cannot trace (e.g. an unused input)
@@ -88,12 +84,6 @@ def export_model(model: paddle.nn.Layer, output_dir: str, *, feature_spec: Featu
         _write_meta(staging, meta)
         if serving:
             _write_serving(staging, meta)
-        if os.path.isdir(output_dir):
-            shutil.rmtree(output_dir)
-        os.rename(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("exported %s to %s", meta["model_name"], output_dir)
     return output_dir
 
