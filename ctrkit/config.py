@@ -46,6 +46,8 @@ RUNNER_SCHEMA: dict[str, tuple[type, Any]] = {
     "skip_bad_lines": (bool, False),
     "shuffle_buffer": (int, 100000),
     "num_workers": (int, 1),
+    "cpu_threads": (int, 0),  # CPU math threads; 0: this machine's cores shared among its workers
+    "unique_id_lookups": (bool, True),  # sparse embeddings look up each distinct id of a batch once (CPU)
     "dense_min": (list, list(PADDLEREC_DENSE_MIN)),
     "dense_diff": (list, list(PADDLEREC_DENSE_DIFF)),
 }
@@ -211,6 +213,8 @@ def _validated(path: str, tree: dict) -> Config:
     for key in ("train_batch_size", "infer_batch_size", "epochs", "print_interval"):
         if runner[key] <= 0:
             raise ConfigError(f"runner.{key} must be positive, got {runner[key]}")
+    if runner["cpu_threads"] < 0:
+        raise ConfigError(f"runner.cpu_threads must be >= 0 (0: automatic), got {runner['cpu_threads']}")
     if runner["infer_end_epoch"] < runner["infer_start_epoch"]:
         raise ConfigError("runner.infer_end_epoch must be >= runner.infer_start_epoch")
     config = Config(path=os.path.abspath(path), runner=runner, hyper_parameters=hp)

@@ -233,13 +233,14 @@ def _load_journal(out_dir: str, inputs: list[dict], options: dict) -> dict:
     return journal
 
 
-def _clean_unfinished(out_dir: str, journal: dict, labeled: bool | None) -> None:
+def _clean_unfinished(out_dir: str, journal: dict) -> None:
     """Check the journal's finished shards are intact (sizes) and remove files of unfinished ones."""
     finished = {name: {entry["name"] for entry in entries} for name, entries in journal["shards"].items()}
+    id_dtype = id_dtype_for(FeatureSpec.from_dict(journal["options"]["feature_spec"]))
     for split, entries in journal["shards"].items():
         directory = os.path.join(out_dir, split)
         if entries:
-            columns = column_layout(labeled, id_dtype_for(FeatureSpec.from_dict(journal["options"]["feature_spec"])))
+            columns = column_layout(bool(journal["labeled"]), id_dtype)
             for entry in entries:
                 check_shard_files(directory, entry, columns, checksums=False)
         if not os.path.isdir(directory):
@@ -269,7 +270,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, spec: FeatureSpec, *,
         log.info("%s: preparation already complete; nothing to do", out_dir)
         return _summary(journal, 0.0, 0)
     os.makedirs(out_dir, exist_ok=True)
-    _clean_unfinished(out_dir, journal, journal["labeled"])
+    _clean_unfinished(out_dir, journal)
     if journal["shards_done"]:
         log.info("resuming after %d finished shard(s), at input line %d", journal["shards_done"],
                  journal["position"]["global_line"])
@@ -278,6 +279,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, spec: FeatureSpec, *,
     first_global_line = journal["position"]["global_line"]
     _run(files, out_dir, spec, journal, splits, block_bytes, workers or os.cpu_count() or 1, progress)
     for split in splits:
+        os.makedirs(os.path.join(out_dir, split), exist_ok=True)  # a split may have no rows at all
         write_manifest(os.path.join(out_dir, split), split=split, spec=spec, labeled=bool(journal["labeled"]),
                        shards=journal["shards"][split],
                        source={"inputs": journal["inputs"], **{k: v for k, v in options.items() if k != "feature_spec"},

@@ -12,12 +12,11 @@ Ids are stored as int32 (half the bytes of int64) whenever sparse_feature_number
 batches. `open_shards` checks every file's size against the manifest (a truncated or partial shard is refused at
 once) and then its SHA-256 (a corrupted one is refused), before any row is used.
 
-`iter_shard_batches` reads with bounded memory, shuffled by block: the epoch's order is a seeded permutation of
-all blocks of `block_rows` rows over all shards; consecutive blocks are gathered into windows of about
-`shuffle_buffer` rows whose rows are permuted. With `shard_count` n > 1 (distributed ranks) the stream is cut into
-global batches of n * batch_size rows and rank i gets the i-th slice of each, so the ranks see disjoint data that
-covers every row, and the union of their step-k batches is exactly the step-k batch of a single process with
-batch size n * batch_size.
+`iter_shard_batches` reads with bounded memory (plain file reads of blocks; a long-lived memory map would make
+the whole data set count as the process's resident memory), shuffled by block: the epoch's order is a seeded
+permutation of all blocks of `block_rows` rows over all shards; consecutive blocks are gathered into windows of
+about `shuffle_buffer` rows whose rows are permuted. Distributed workers all read the same stream of global
+batches and each keeps its own slice (see `ctrkit.training`), which costs a memory copy, not a parse.
 """
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ _HASH_CHUNK = 8 << 20
 # The spec fields that decide the stored values (data_format only says how the text was read).
 SPEC_VALUE_FIELDS = ("sparse_feature_number", "dense_min", "dense_diff", "categorical_hash")
 SHARD_NAME = "part-{:05d}"
-SHARD_NAME_PATTERN = re.compile(r"part-\d{5}")
+SHARD_FILE_PATTERN = re.compile(r"part-\d{5}\.(dense|sparse|label)")
 
 
 class ShardError(ValueError):
@@ -66,8 +65,13 @@ def column_layout(labeled: bool, id_dtype: np.dtype) -> dict[str, tuple[np.dtype
 
 
 def is_shard_dir(path: str | os.PathLike) -> bool:
-    """True when `path` is a directory with a shard manifest (a text data directory has none)."""
-    return os.path.isfile(os.path.join(os.fspath(path), MANIFEST))
+    """True when `path` is a directory with a shard manifest or shard files (then `open_shards` says what is
+    missing, rather than a text reader choking on binary files)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return False
+    return os.path.isfile(os.path.join(path, MANIFEST)) or any(
+        SHARD_FILE_PATTERN.fullmatch(name) for name in os.listdir(path))
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -167,15 +171,30 @@ def check_shard_files(directory: str, entry: dict, columns: dict, *, checksums: 
 
 @dataclass
 class ShardSet:
-    """An opened, verified shard directory."""
+    """An opened, verified shard directory. Rows are read with plain file reads (not kept memory-mapped), so the
+    reader's resident memory stays at its window of rows, whatever the size of the data."""
 
     directory: str
     manifest: dict
-    arrays: list[dict[str, np.memmap]]  # per shard: column -> [rows, width] memory map
 
     @property
     def rows(self) -> int:
         return self.manifest["rows"]
+
+    @property
+    def columns(self) -> dict[str, tuple[np.dtype, int]]:
+        return column_layout(self.labeled, np.dtype(self.manifest["id_dtype"]))
+
+    @property
+    def shard_rows(self) -> list[int]:
+        return [entry["rows"] for entry in self.manifest["shards"]]
+
+    def read(self, shard: int, start: int, stop: int) -> list[np.ndarray]:
+        """Rows [start, stop) of shard number `shard` as columns [dense, sparse(, label)]."""
+        name = self.manifest["shards"][shard]["name"]
+        return [np.fromfile(os.path.join(self.directory, f"{name}.{column}"), dtype=dtype,
+                            count=(stop - start) * width, offset=start * width * dtype.itemsize).reshape(-1, width)
+                for column, (dtype, width) in self.columns.items()]
 
     @property
     def labeled(self) -> bool:
@@ -224,17 +243,13 @@ def open_shards(directory: str | os.PathLike, *, checksums: bool = True) -> Shar
             check_shard_files(directory, entry, columns, checksums=True)
         log.info("%s: verified %d shard(s), %d rows, in %.1f s", directory, len(manifest["shards"]),
                  manifest["rows"], time.perf_counter() - start)
-    arrays = [{column: np.memmap(os.path.join(directory, f"{entry['name']}.{column}"), dtype=dtype, mode="r",
-                                 shape=(entry["rows"], width))
-               for column, (dtype, width) in columns.items()}
-              for entry in manifest["shards"] if entry["rows"]]
-    return ShardSet(directory, manifest, arrays)
+    return ShardSet(directory, manifest)
 
 
 def _blocks(shards: ShardSet, block_rows: int) -> list[tuple[int, int, int]]:
     """(shard, start, stop) of every block, in storage order."""
-    return [(i, start, min(start + block_rows, len(arrays["dense"])))
-            for i, arrays in enumerate(shards.arrays) for start in range(0, len(arrays["dense"]), block_rows)]
+    return [(i, start, min(start + block_rows, rows))
+            for i, rows in enumerate(shards.shard_rows) for start in range(0, rows, block_rows)]
 
 
 def _windows(shards: ShardSet, block_rows: int, shuffle_buffer: int,
@@ -243,14 +258,13 @@ def _windows(shards: ShardSet, block_rows: int, shuffle_buffer: int,
     blocks = _blocks(shards, block_rows)
     if rng is not None:
         blocks = [blocks[i] for i in rng.permutation(len(blocks))]
-    names = list(shards.arrays[0]) if shards.arrays else []
     window: list[tuple[int, int, int]] = []
     window_rows = 0
     for number, block in enumerate(blocks, 1):
         window.append(block)
         window_rows += block[2] - block[1]
         if window_rows >= shuffle_buffer or number == len(blocks):
-            columns = [np.concatenate([shards.arrays[s][name][a:b] for s, a, b in window]) for name in names]
+            columns = [np.concatenate(parts) for parts in zip(*(shards.read(s, a, b) for s, a, b in window))]
             if rng is not None:
                 order = rng.permutation(window_rows)
                 columns = [c[order] for c in columns]
@@ -259,38 +273,29 @@ def _windows(shards: ShardSet, block_rows: int, shuffle_buffer: int,
 
 
 def iter_shard_batches(shards: ShardSet, batch_size: int, *, shuffle_buffer: int = 0, seed: int = 0,
-                       shard_index: int = 0, shard_count: int = 1, drop_last: bool = False,
-                       block_rows: int = DEFAULT_BLOCK_ROWS) -> Iterator[Batch]:
-    """This rank's `Batch`es of the shards (see the module docstring); ids as int64.
+                       drop_last: bool = False, block_rows: int = DEFAULT_BLOCK_ROWS) -> Iterator[Batch]:
+    """`Batch`es of `batch_size` rows (the last one shorter unless `drop_last`), ids as int64.
 
-    Without `shuffle_buffer` rows come in storage order. With it, block order and rows within windows of about
-    `shuffle_buffer` rows are permuted, seeded by `seed` alone (the same in every rank). The last global batch
-    may be short: its rows are split as evenly as possible over the ranks (dropped with `drop_last`), so a rank
-    may get a short or even empty last batch."""
+    Without `shuffle_buffer` rows come in storage order. With it, the block order and the rows within windows of
+    about `shuffle_buffer` rows are permuted, seeded by `seed` alone."""
     if batch_size <= 0 or block_rows <= 0 or shuffle_buffer < 0:
         raise ValueError("batch_size and block_rows must be positive and shuffle_buffer >= 0")
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
     rng = np.random.default_rng(seed) if shuffle_buffer else None
-    global_size = batch_size * shard_count
     pending: list[list[np.ndarray]] = []
     count = 0
     for columns in _windows(shards, block_rows, shuffle_buffer, rng):
         pending.append(columns)
         count += len(columns[0])
-        if count < global_size:
+        if count < batch_size:
             continue
         merged = [np.concatenate(parts) for parts in zip(*pending)] if len(pending) > 1 else pending[0]
-        full = count - count % global_size
-        for start in range(0, full, global_size):
-            mine = start + shard_index * batch_size
-            yield _batch([c[mine:mine + batch_size] for c in merged])
+        full = count - count % batch_size
+        for start in range(0, full, batch_size):
+            yield _batch([c[start:start + batch_size] for c in merged])
         pending = [[c[full:] for c in merged]] if full < count else []
         count -= full
     if count and not drop_last:
-        merged = [np.concatenate(parts) for parts in zip(*pending)]
-        lo, hi = shard_index * count // shard_count, (shard_index + 1) * count // shard_count
-        yield _batch([c[lo:hi] for c in merged])
+        yield _batch([np.concatenate(parts) for parts in zip(*pending)])
 
 
 def _batch(columns: list[np.ndarray]) -> Batch:

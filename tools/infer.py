@@ -9,6 +9,7 @@ import logging
 
 from ctrkit.cli import add_config_arguments, config_from_args, run_cli, setup_logging
 from ctrkit.data import DataFormatError
+from ctrkit.distributed import DistributedError
 from ctrkit.training import DeviceError, evaluate, format_result
 
 
@@ -27,4 +28,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, (DataFormatError, DeviceError))
+    run_cli(main, (DataFormatError, DeviceError, DistributedError))

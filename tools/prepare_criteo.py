@@ -31,6 +31,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def split_ratios(text: str) -> dict[str, float]:
+    try:
+        return parse_splits(text)
+    except PrepareError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def verify(out_dir: str) -> dict:
     journal_path = os.path.join(out_dir, JOURNAL)
     if not os.path.isfile(journal_path):
@@ -60,7 +67,7 @@ def main() -> int:
     parser.add_argument("--input", nargs="+", help="raw Criteo or slot-format files or directories")
     parser.add_argument("--out", required=True, help="output directory (new, or an interrupted run's to resume)")
     default_splits = ",".join(f"{k}={v}" for k, v in DEFAULT_SPLITS.items())
-    parser.add_argument("--split", type=parse_splits, default=DEFAULT_SPLITS,
+    parser.add_argument("--split", type=split_ratios, default=DEFAULT_SPLITS,
                         help=f"split names and ratios summing to 1 (default {default_splits}; train=1 for no split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     parser.add_argument("-m", "--config", help="take the preprocessing from this training config (with -o overrides)")

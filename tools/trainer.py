@@ -7,6 +7,7 @@ import argparse
 
 from ctrkit.cli import add_config_arguments, config_from_args, run_cli, setup_logging
 from ctrkit.data import DataFormatError
+from ctrkit.distributed import DistributedError
 from ctrkit.training import DeviceError, format_result, train
 
 
@@ -25,4 +26,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, (DataFormatError, DeviceError))
+    run_cli(main, (DataFormatError, DeviceError, DistributedError))
