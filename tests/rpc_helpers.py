@@ -109,3 +109,12 @@ def wait_until(predicate, timeout_s: float = 60, what: str = "condition") -> Non
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def run_in_threads(target, count: int) -> None:
+    """Run target(0) .. target(count - 1) at once, each in its own thread, and wait for all of them."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -21,7 +21,8 @@ from ctrkit.data import FeatureSpec, iter_batches
 from ctrkit.inference import PredictorOptions, create_predictor
 from serving.rpc import protocol as P
 from serving.rpc.client import ServingClient, ServingError, read_feed_layout
-from rpc_helpers import REPO_ROOT, RpcServer, grpc_call, json_request, proto_request, wait_until
+from rpc_helpers import (REPO_ROOT, RpcServer, grpc_call, json_request, proto_request, run_in_threads,
+                         wait_until)
 
 MAX_BATCH = 64  # the server's --max_batch_size in this module
 PROTO = {"Content-Type": "application/proto"}
@@ -121,11 +122,7 @@ def test_concurrent_clients_get_their_own_answers(server, exported_deepfm, rows,
                 failures.append(f"worker {worker}: rows {idx.tolist()} got {got} expected {expected[idx]}")
         c.close()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(work, 16)
     assert failures == []
 
 

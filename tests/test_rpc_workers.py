@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 
 import numpy as np
 import psutil
@@ -13,7 +12,7 @@ import requests
 from ctrkit.data import FeatureSpec, iter_batches
 from ctrkit.inference import PredictorOptions, create_predictor
 from serving.rpc.client import ServingClient, ServingError, read_feed_layout
-from rpc_helpers import RpcServer
+from rpc_helpers import RpcServer, run_in_threads
 
 
 def test_workers_share_the_ports_and_stop_together(exported_deepfm, slot_sample, tmp_path):
@@ -37,11 +36,7 @@ def test_workers_share_the_ports_and_stop_together(exported_deepfm, slot_sample,
                 failures.append(f"client {i} rows {start}: {got}")
         c.close()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(work, 12)
     metrics = requests.get(f"{server.url}/metrics", timeout=10).text
     pids = [int(p) for p in re.findall(r'ctrkit_rpc_model_version\{pid="(\d+)"\}', metrics)]
     assert failures == []

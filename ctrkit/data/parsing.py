@@ -257,6 +257,14 @@ def _fill_floats(block: bytes, values: np.ndarray, ok: np.ndarray, starts: np.nd
             flagged_rows[i // per_row] = True
 
 
+def _labels(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """Click labels of the label fields at `starts`; rows whose label is not exactly "0" or "1" are flagged
+    (in place) for the per-line parser, which words the error."""
+    digit = buf[starts] - np.uint8(48)
+    flagged |= (lengths != 1) | (digit > 1)
+    return digit.astype(np.float32)
+
+
 def _slot_fast(block: bytes, buf: np.ndarray, rows: int, labeled: bool, spec: FeatureSpec) -> _Fast | None:
     """Vectorised slot-format parse of a block whose separator skeleton is right; None when a key is wrong."""
     fields = NUM_DENSE + NUM_SLOTS + int(labeled)
@@ -275,11 +283,7 @@ def _slot_fast(block: bytes, buf: np.ndarray, rows: int, labeled: bool, spec: Fe
         return None
     value_starts, value_lengths = colons + 1, ends - colons - 1
     flagged = np.zeros(rows, dtype=bool)
-    label = None
-    if labeled:
-        label_digit = buf[value_starts[:, 0]] - np.uint8(48)
-        flagged |= (value_lengths[:, 0] != 1) | (label_digit > 1)
-        label = label_digit.astype(np.float32)
+    label = _labels(buf, value_starts[:, 0], value_lengths[:, 0], flagged) if labeled else None
     o = int(labeled)
     d_starts, d_lengths = value_starts[:, o:o + NUM_DENSE].ravel(), value_lengths[:, o:o + NUM_DENSE].ravel()
     dense, dense_ok = _parse_decimals(buf, np.flatnonzero(text == _POINT), d_starts, d_lengths)
@@ -300,11 +304,7 @@ def _raw_fast(block: bytes, buf: np.ndarray, rows: int, labeled: bool, spec: Fea
     starts = _field_starts(ends)
     lengths = ends - starts
     flagged = np.zeros(rows, dtype=bool)
-    label = None
-    if labeled:
-        label_digit = buf[starts[:, 0]] - np.uint8(48)
-        flagged |= (lengths[:, 0] != 1) | (label_digit > 1)
-        label = label_digit.astype(np.float32)
+    label = _labels(buf, starts[:, 0], lengths[:, 0], flagged) if labeled else None
     o = int(labeled)
     d_starts, d_lengths = starts[:, o:o + NUM_DENSE].ravel(), lengths[:, o:o + NUM_DENSE].ravel()
     present = d_lengths > 0
