@@ -7,6 +7,11 @@ The last lines of output are one JSON object per epoch: {"epoch":..,"auc":..,"lo
 import argparse
 import logging
 
+from ctrkit.cpu_env import configure_cpu_env
+
+configure_cpu_env()  # before paddle loads (MKL reads it then)
+
+import models  # noqa: F401  (registers the model zoo in ctrkit.zoo)
 from ctrkit.cli import add_config_arguments, config_from_args, run_cli, setup_logging
 from ctrkit.data import DataFormatError
 from ctrkit.distributed import DistributedError

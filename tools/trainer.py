@@ -5,6 +5,11 @@ complete epoch when re-run (runner.resume). The last line of output is a JSON su
 """
 import argparse
 
+from ctrkit.cpu_env import configure_cpu_env
+
+configure_cpu_env()  # before paddle loads (MKL reads it then)
+
+import models  # noqa: F401  (registers the model zoo in ctrkit.zoo)
 from ctrkit.cli import add_config_arguments, config_from_args, run_cli, setup_logging
 from ctrkit.data import DataFormatError
 from ctrkit.distributed import DistributedError

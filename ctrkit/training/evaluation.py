@@ -1,0 +1,83 @@
+"""Evaluation: score checkpoints on the test data with exact AUC and logloss, optionally writing predictions."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import paddle
+
+from ctrkit import checkpoint
+from ctrkit.config import Config
+from ctrkit.data import Batch
+from ctrkit.distributed import Context
+from ctrkit.metrics import auc, logloss
+from ctrkit.predictions import write_predictions
+from ctrkit.training.device import start_run
+from ctrkit.training.model import build_configured_model
+from ctrkit.training.sources import eval_batches, open_source
+
+
+def _predict_batches(model, batches: Iterable[Batch]) -> tuple[list[np.ndarray] | None, list[np.ndarray]]:
+    """Per batch: labels (None when any batch has none) and probabilities, flat."""
+    model.eval()
+    labels, probs = [], []
+    with paddle.no_grad():
+        for batch in batches:
+            probs.append(model(paddle.to_tensor(batch.dense), paddle.to_tensor(batch.sparse)).numpy().ravel())
+            labels.append(None if batch.label is None else batch.label.ravel())
+    has_labels = bool(labels) and all(lab is not None for lab in labels)
+    return (labels if has_labels else None), probs
+
+
+def _flat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def predict(model, batches: Iterable[Batch]) -> tuple[np.ndarray | None, np.ndarray]:
+    """Run `model` over `batches` without gradients; returns (labels or None, probabilities), both flat."""
+    labels, probs = _predict_batches(model, batches)
+    return (None if labels is None else _flat(labels)), _flat(probs)
+
+
+def _gather_in_order(parts: list[np.ndarray], context: Context) -> np.ndarray:
+    """Every worker's per-batch slices, reassembled in row order: batch by batch, slices in rank order."""
+    every = context.gather(parts)
+    return _flat([piece for batch in zip(*every) for piece in batch])
+
+
+def evaluate(config: Config, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+    """Score checkpoints of epochs [infer_start_epoch, infer_end_epoch) on runner.test_data_dir (data-parallel
+    with runner.use_fleet: every worker scores its slice and all predictions are gathered for one AUC)."""
+    context, _ = start_run(config)
+    source = open_source(config, "test_data_dir")
+    load_path = config.runner["infer_load_path"] or config.runner["model_save_path"]
+    model = build_configured_model(config)
+    results = []
+    for epoch in range(config.runner["infer_start_epoch"], config.runner["infer_end_epoch"]):
+        checkpoint.load_model_state(model, os.path.join(load_path, str(epoch)))
+        start = time.perf_counter()
+        label_parts, prob_parts = _predict_batches(model, eval_batches(config, source, context))
+        labeled = context.gather(label_parts is not None)
+        probs = _gather_in_order(prob_parts, context)
+        labels = _gather_in_order(label_parts, context) if all(labeled) else None
+        seconds = time.perf_counter() - start
+        result = {"epoch": epoch,
+                  "auc": auc(labels, probs) if labels is not None else None,
+                  "logloss": logloss(labels, probs) if labels is not None else None,
+                  "samples": int(probs.size),
+                  "samples_per_s": round(probs.size / seconds, 1) if seconds > 0 else None}
+        if context.distributed:
+            result["workers"] = context.world
+        if config.runner["infer_output"]:
+            multi = config.runner["infer_end_epoch"] - config.runner["infer_start_epoch"] > 1
+            out = config.runner["infer_output"] + (f".{epoch}" if multi else "")
+            if context.is_main:
+                write_predictions(out, probs)
+            result["predictions"] = out
+        if on_epoch is not None:
+            on_epoch(result)
+        results.append(result)
+    context.barrier()
+    return results
