@@ -17,7 +17,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.ctrkit-installed
-want=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha1sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements/*.txt requirements-dev.txt pyproject.toml | sha1sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing requirements into .venv (first run takes a few minutes)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
