@@ -76,6 +76,7 @@ class Config:
     path: str
     runner: dict
     hyper_parameters: dict
+    dataset: dict | None = None  # the `dataset:` block (feature schema, see ctrkit/schema.py); None = Criteo
 
     def get(self, dotted: str) -> Any:
         """PaddleRec-style lookup: `config.get("runner.train_batch_size")`."""
@@ -98,8 +99,17 @@ class Config:
             dense_diff=tuple(self.runner["dense_diff"]),
         )
 
+    def schema(self):
+        """The run's `ctrkit.schema.FeatureSchema` (Criteo when the config has no `dataset:` block)."""
+        from ctrkit.schema import FeatureSchema
+
+        return FeatureSchema.from_config(self)
+
     def to_dict(self) -> dict:
-        return {"runner": copy.deepcopy(self.runner), "hyper_parameters": copy.deepcopy(self.hyper_parameters)}
+        out = {"runner": copy.deepcopy(self.runner), "hyper_parameters": copy.deepcopy(self.hyper_parameters)}
+        if self.dataset:
+            out["dataset"] = copy.deepcopy(self.dataset)
+        return out
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -108,8 +118,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {text!r} is not of the form key=value")
-    if not (key.startswith("runner.") or key.startswith("hyper_parameters.")):
-        raise ConfigError(f"override key {key!r} must start with 'runner.' or 'hyper_parameters.'")
+    if not (key.startswith("runner.") or key.startswith("hyper_parameters.") or key.startswith("dataset.")):
+        raise ConfigError(f"override key {key!r} must start with 'runner.' or 'hyper_parameters.' (or 'dataset.')")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
@@ -166,9 +176,12 @@ def load_config(path: str, overrides: list[str] | None = None) -> Config:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping with 'runner' and 'hyper_parameters'")
-    unknown_top = set(raw) - {"runner", "hyper_parameters"}
+    unknown_top = set(raw) - {"runner", "hyper_parameters", "dataset"}
     if unknown_top:
-        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown_top)}; expected runner, hyper_parameters")
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown_top)}; "
+                          f"expected runner, hyper_parameters, dataset")
+    if raw.get("dataset") is not None and not isinstance(raw["dataset"], dict):
+        raise ConfigError(f"{path}: 'dataset' must be a mapping (the feature schema, see docs/data.md)")
     for section in ("runner", "hyper_parameters"):
         if not isinstance(raw.get(section, {}), dict):
             raise ConfigError(f"{path}: '{section}' must be a mapping")
@@ -177,6 +190,8 @@ def load_config(path: str, overrides: list[str] | None = None) -> Config:
     _resolve_paths(runner_in, config_dir, set(PATH_KEYS) & set(runner_in))
 
     tree = {"runner": runner_in, "hyper_parameters": copy.deepcopy(raw.get("hyper_parameters") or {})}
+    if raw.get("dataset") is not None:
+        tree["dataset"] = copy.deepcopy(raw["dataset"])
     overridden_paths = set()
     for text in overrides or []:
         key, value = parse_override(text)
@@ -188,7 +203,7 @@ def load_config(path: str, overrides: list[str] | None = None) -> Config:
 
 
 def _validated(path: str, tree: dict) -> Config:
-    from models.registry import get_model_class  # models sit beside the library; imported lazily
+    from ctrkit.zoo import get_model_class  # the registry; tools `import models` to fill it
 
     runner = _validate_section(tree["runner"], RUNNER_SCHEMA, "runner.", PADDLEREC_IGNORED_RUNNER_KEYS)
     try:
@@ -217,7 +232,17 @@ def _validated(path: str, tree: dict) -> Config:
         raise ConfigError(f"runner.cpu_threads must be >= 0 (0: automatic), got {runner['cpu_threads']}")
     if runner["infer_end_epoch"] < runner["infer_start_epoch"]:
         raise ConfigError("runner.infer_end_epoch must be >= runner.infer_start_epoch")
-    config = Config(path=os.path.abspath(path), runner=runner, hyper_parameters=hp)
+    config = Config(path=os.path.abspath(path), runner=runner, hyper_parameters=hp, dataset=tree.get("dataset"))
+    from ctrkit.schema import FeatureSchema  # the dataset block (schema-data owns its validation)
+
+    try:
+        # dense_input_dim / sparse_inputs_slots are checked against the schema only when the user wrote them
+        given = {k: v for k, v in tree["hyper_parameters"].items() if k in ("dense_input_dim", "sparse_inputs_slots")}
+        FeatureSchema.from_config({"runner": runner, "dataset": tree.get("dataset"), "hyper_parameters": {
+            "sparse_feature_number": hp.get("sparse_feature_number", 1000001)}}).check_hyper_parameters(
+            given if tree.get("dataset") else {})
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     try:
         config.feature_spec()
         model_cls.check_hyper_parameters(hp)
