@@ -29,7 +29,7 @@ from ctrkit.config import Config
 from ctrkit.data.spec import FeatureSpec
 from ctrkit.fsutil import staged_directory
 from ctrkit.inference import META_FILE, META_FORMAT_VERSION, ONNX_FILE, PredictorOptions
-from models.registry import build_model
+from ctrkit.zoo import build_model
 
 log = logging.getLogger("ctrkit.export")
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 
+import models  # noqa: F401  (registers the model zoo in ctrkit.zoo)
 from ctrkit.cli import add_config_arguments, config_from_args, run_cli, setup_logging
 from ctrkit.export import DEFAULT_PREFIX, ExportError, export_from_config
 from ctrkit.inference import META_FILE, InferenceError

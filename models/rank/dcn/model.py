@@ -9,9 +9,8 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
-from models.base import CTRModel
+from ctrkit.zoo import CTRModel, register
 from models.layers import MLP, CrossNet, flatten_with_dense, sparse_embedding
-from models.registry import register
 
 
 @register("dcn")

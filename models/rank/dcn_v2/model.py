@@ -8,9 +8,8 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
-from models.base import CTRModel
+from ctrkit.zoo import CTRModel, register
 from models.layers import MLP, CrossNetV2, flatten_with_dense, sparse_embedding
-from models.registry import register
 
 STRUCTURES = ("parallel", "stacked")
 

@@ -9,9 +9,8 @@ import paddle
 import paddle.nn.functional as F
 
 from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
-from models.base import CTRModel
+from ctrkit.zoo import CTRModel, register
 from models.layers import MLP, FieldEmbedding, FieldEmbeddedInteraction, LinearTerm
-from models.registry import register
 
 
 @register("deepfefm")

@@ -7,9 +7,8 @@ import paddle
 import paddle.nn.functional as F
 
 from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
-from models.base import CTRModel
+from ctrkit.zoo import CTRModel, register
 from models.layers import MLP, FactorizationMachine, constant_parameter
-from models.registry import register
 
 
 @register("deepfm")

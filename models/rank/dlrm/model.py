@@ -10,9 +10,8 @@ import paddle
 import paddle.nn.functional as F
 
 from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
-from models.base import CTRModel
+from ctrkit.zoo import CTRModel, register
 from models.layers import MLP, dot_interaction, sparse_embedding
-from models.registry import register
 
 
 @register("dlrm")

@@ -7,9 +7,8 @@ kept small (2 here, 4 in config_bigdata.yaml).
 import paddle
 import paddle.nn.functional as F
 
-from models.base import CTRModel
+from ctrkit.zoo import CTRModel, register
 from models.layers import FieldAwareInteraction, LinearTerm
-from models.registry import register
 
 
 @register("ffm")

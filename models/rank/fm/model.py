@@ -5,9 +5,8 @@ The 26 slots and the 13 dense values are the fields; a dense value x_i scales it
 import paddle
 import paddle.nn.functional as F
 
-from models.base import CTRModel
+from ctrkit.zoo import CTRModel, register
 from models.layers import FieldEmbedding, LinearTerm, fm_second_order
-from models.registry import register
 
 
 @register("fm")

@@ -5,9 +5,8 @@ The baseline every other model must beat; it has no interactions at all (`sparse
 import paddle
 import paddle.nn.functional as F
 
-from models.base import CTRModel
+from ctrkit.zoo import CTRModel, register
 from models.layers import LinearTerm
-from models.registry import register
 
 
 @register("logistic_regression")

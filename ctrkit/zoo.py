@@ -1,0 +1,154 @@
+"""The model interface and the model registry (the library side of the model zoo).
+
+`ctrkit` defines what a CTR model is (`CTRModel`: two inputs, one probability, hyper-parameters with defaults
+and checks, declared input specs) and keeps a registry of them; it never imports a model implementation. Model
+packages register into it:
+
+- a model class registers itself with `@register("<name>")`;
+- a package of models (one sub-package per model, imported on first use) is made known with
+  `add_model_package("<package>")`. The toolkit's own zoo (`models/`, beside the library) does this when it is
+  imported, so the command-line tools `import models` once; `CTRKIT_MODEL_PACKAGES=pkg1,pkg2` adds packages of
+  your own without touching the toolkit.
+
+Dependencies point one way: `models` -> `ctrkit`, and the tools compose the two.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pkgutil
+
+import paddle
+from paddle import nn
+
+from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
+
+COMMON_HYPER_PARAMETERS = {
+    "sparse_feature_number": 1000001,
+    "sparse_feature_dim": 9,
+    "dense_input_dim": NUM_DENSE,
+}
+
+MODEL_PACKAGES_ENV = "CTRKIT_MODEL_PACKAGES"
+
+_REGISTRY: dict[str, type] = {}
+_PACKAGES: list[str] = []
+
+
+class CTRModel(nn.Layer):
+    """Base class of every model: `forward(dense_input float32 [B, n_dense], sparse_inputs int64 [B, sparse_width])
+    -> prob float32 [B, 1]` (one logit through a sigmoid). Subclasses set `EXTRA_HYPER_PARAMETERS`
+    (name -> default) and implement `forward`; export builds its InputSpec from `input_specs()`, so export,
+    serving and the benchmark treat every model alike."""
+
+    model_name = "?"  # set by `register`
+    EXTRA_HYPER_PARAMETERS: dict = {}
+
+    def __init__(self, hyper_parameters: dict):
+        super().__init__()
+        self.check_hyper_parameters(hyper_parameters)
+        defaults = self.default_hyper_parameters()
+        self.hp = {k: hyper_parameters.get(k, v) for k, v in defaults.items()}
+
+    @classmethod
+    def default_hyper_parameters(cls) -> dict:
+        return {**COMMON_HYPER_PARAMETERS, **cls.EXTRA_HYPER_PARAMETERS}
+
+    @classmethod
+    def check_hyper_parameters(cls, hp: dict) -> None:
+        """Raise ValueError for values no model can use; subclasses add their own checks."""
+        if hp.get("dense_input_dim", NUM_DENSE) != NUM_DENSE:
+            raise ValueError(f"hyper_parameters.dense_input_dim must be {NUM_DENSE} (Criteo has 13 dense features)")
+        if hp.get("sparse_feature_number", 2) < 2:
+            raise ValueError("hyper_parameters.sparse_feature_number must be >= 2")
+        if hp.get("sparse_feature_dim", 1) < 1:
+            raise ValueError("hyper_parameters.sparse_feature_dim must be >= 1")
+        if not 0.0 <= hp.get("dropout", 0.0) < 1.0:
+            raise ValueError(f"hyper_parameters.dropout must be in [0, 1), got {hp['dropout']!r}")
+        for key, value in hp.items():
+            if key.endswith("_sizes") and (not isinstance(value, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+                raise ValueError(f"hyper_parameters.{key} must be a list of positive ints, got {value!r}")
+
+    @staticmethod
+    def input_specs() -> list[paddle.static.InputSpec]:
+        """The model's declared inputs, in `forward` order (export builds its InputSpec from these)."""
+        return [
+            paddle.static.InputSpec(shape=[None, NUM_DENSE], dtype="float32", name="dense_input"),
+            paddle.static.InputSpec(shape=[None, NUM_SLOTS], dtype="int64", name="sparse_inputs"),
+        ]
+
+    def regularization_loss(self) -> paddle.Tensor | None:
+        """Extra loss term the trainer adds (e.g. DCN's L2 on cross weights); None when the model has none."""
+        return None
+
+    def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------------ registry
+
+def register(name: str):
+    """Class decorator: `@register("deepfm") class DeepFM(CTRModel): ...`."""
+    def wrap(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"model name {name!r} registered twice")
+        cls.model_name = name
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def add_model_package(package: str) -> None:
+    """Make `package` (an importable package name, e.g. "models.rank") a source of models: each of its
+    sub-packages is one model, named after its folder and imported on first use."""
+    if package not in _PACKAGES:
+        _PACKAGES.append(package)
+
+
+def model_packages() -> list[str]:
+    """Registered model packages, then those named in $CTRKIT_MODEL_PACKAGES."""
+    extra = [p.strip() for p in os.environ.get(MODEL_PACKAGES_ENV, "").split(",") if p.strip()]
+    return _PACKAGES + [p for p in extra if p not in _PACKAGES]
+
+
+def _package_models(package: str) -> list[str]:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"model package {package!r} (from {MODEL_PACKAGES_ENV} or add_model_package) "
+                          "is not an importable package")
+    return [info.name for info in pkgutil.iter_modules(spec.submodule_search_locations) if info.ispkg]
+
+
+def _model_sources() -> dict[str, str]:
+    """Model name -> the package that holds it (first package wins)."""
+    sources: dict[str, str] = {}
+    for package in model_packages():
+        for name in _package_models(package):
+            sources.setdefault(name, package)
+    return sources
+
+
+def available_models() -> list[str]:
+    """Names of every model: registered classes and the sub-packages of every model package."""
+    return sorted(set(_REGISTRY) | set(_model_sources()))
+
+
+def get_model_class(name: str) -> type:
+    """The model class registered as `name`; KeyError with the list of models when there is none."""
+    if name not in _REGISTRY:
+        package = _model_sources().get(name)
+        if package is not None:
+            importlib.import_module(f"{package}.{name}")
+    if name not in _REGISTRY:
+        known = available_models()
+        hint = ", ".join(known) if known else (
+            f"none registered (import the zoo with `import models`, or name model packages in {MODEL_PACKAGES_ENV})")
+        raise KeyError(f"unknown model {name!r}; available: {hint}")
+    return _REGISTRY[name]
+
+
+def build_model(name: str, hyper_parameters: dict) -> CTRModel:
+    """Instantiate model `name` from (validated) hyper-parameters."""
+    return get_model_class(name)(hyper_parameters)
