@@ -264,6 +264,15 @@ class Predictor:
         self._native.run()
         return self._output.copy_to_cpu().reshape(-1)
 
+    def run(self, *arrays: np.ndarray) -> np.ndarray:
+        """predict() without the input checks, for callers that validated already (ctrkit.runtime): arrays in
+        model input order, C-contiguous, the model's dtypes, at least one row."""
+        for handle, array in zip(self._inputs, arrays):
+            handle.reshape(array.shape)
+            handle.copy_from_cpu(array)
+        self._native.run()
+        return self._output.copy_to_cpu().reshape(-1)
+
     def clone(self) -> "Predictor":
         """Another predictor sharing this one's weights (checked against the golden batch like any other)."""
         clone = Predictor(self.model, self.options, self._native.clone())
@@ -432,12 +441,29 @@ class OnnxPredictor:
         feed = dict(zip(self.model.input_names, (dense, sparse)))
         return self._session.run(self._output_names, feed)[0].reshape(-1)
 
+    def run(self, *arrays: np.ndarray) -> np.ndarray:
+        """predict() without the input checks (arrays in model input order, already validated)."""
+        return self._session.run(self._output_names, dict(zip(self.model.input_names, arrays)))[0].reshape(-1)
 
-def create_onnx_predictor(path: str | ExportedModel, cpu_threads: int = 1, check_golden: bool = True) -> OnnxPredictor:
-    """ONNX Runtime (CPU) session for `<export dir>/model.onnx`, checked against the golden batch."""
+
+def find_onnx_file(model: ExportedModel) -> str | None:
+    """`model.onnx` in the model's directory, or in the export directory above a `serving_server/`."""
+    for directory in (model.directory, os.path.dirname(model.directory)):
+        candidate = os.path.join(directory, ONNX_FILE)
+        if os.path.isfile(candidate) and (directory == model.directory
+                                          or os.path.basename(model.directory) == "serving_server"):
+            return candidate
+    return None
+
+
+def create_onnx_predictor(path: str | ExportedModel, cpu_threads: int = 1, check_golden: bool = True,
+                          graph_optimization: bool = True) -> OnnxPredictor:
+    """ONNX Runtime (CPU) session for `<export dir>/model.onnx`, checked against the golden batch. The session is
+    thread-safe (and releases the GIL while it runs), so one predictor may serve several threads.
+    `graph_optimization=False` (the flag `--ir_optim False`) turns ONNX Runtime's graph optimisations off."""
     model = path if isinstance(path, ExportedModel) else load_exported_model(path)
-    onnx_file = os.path.join(model.directory, ONNX_FILE)
-    if not os.path.isfile(onnx_file):
+    onnx_file = find_onnx_file(model)
+    if onnx_file is None:
         raise ExportedModelError(f"{model.directory} has no {ONNX_FILE}; export with tools/to_static.py --onnx")
     if capabilities()["onnxruntime"] is None:
         raise CapabilityError("onnxruntime is not installed")
@@ -447,8 +473,11 @@ def create_onnx_predictor(path: str | ExportedModel, cpu_threads: int = 1, check
     session_options.intra_op_num_threads = cpu_threads
     session_options.inter_op_num_threads = 1
     session_options.log_severity_level = 3  # paddle2onnx leaves unused initialisers; ORT warns about each
+    if not graph_optimization:
+        session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(onnx_file, session_options, providers=["CPUExecutionProvider"])
     predictor = OnnxPredictor(model, session)
     if check_golden:
-        verify_golden(predictor, f"onnxruntime cpu_threads={cpu_threads}", GOLDEN_ATOL["fp32"])
+        verify_golden(predictor, f"onnxruntime cpu_threads={cpu_threads} graph_optimization="
+                      f"{'on' if graph_optimization else 'off'}", GOLDEN_ATOL["fp32"])
     return predictor

@@ -1,0 +1,171 @@
+"""Dynamic batching: concurrent small requests are merged into one model call.
+
+Each worker thread holds one model instance of the pool for its lifetime. It takes the oldest queued job, then
+gathers more until the merged batch would exceed `max_samples` or `window_s` has passed since it took the first
+one (`window_s == 0`: only what is already queued, so an idle server adds no latency and a busy one batches what
+piled up). The merged inputs go through the instance once and every job gets its own slice back.
+
+Jobs complete through a callback, so a thread can wait for one (`predict`) and an asyncio front-end can await
+one (`submit` with a callback that hands the result to its loop) without a thread of its own per request.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[np.ndarray | None, BaseException | None], None]  # (result, error)
+
+
+class _Job:
+    __slots__ = ("arrays", "rows", "done")
+
+    def __init__(self, arrays: tuple[np.ndarray, ...], done: Done):
+        self.arrays, self.rows, self.done = arrays, len(arrays[0]), done
+
+
+class _Waiter:
+    """The cheapest one-shot wait: a lock the waiting thread blocks on until the batcher releases it."""
+
+    __slots__ = ("lock", "result", "error")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.result = self.error = None
+
+    def __call__(self, result, error) -> None:
+        self.result, self.error = result, error
+        self.lock.release()
+
+    def wait(self) -> np.ndarray:
+        self.lock.acquire()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class DynamicBatcher:
+    """Run model calls for many request threads through `workers` threads (one pooled instance each)."""
+
+    def __init__(self, pool, workers: int, window_s: float, max_samples: int,
+                 on_batch: Callable[[int], None] = lambda n: None, name: str = "batcher"):
+        if window_s < 0 or max_samples < 1:
+            raise ValueError("batch window must be >= 0 and max_samples >= 1")
+        self._window_s = window_s
+        self._max_samples = max_samples
+        self._on_batch = on_batch
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._pool = pool
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def predict(self, *arrays: np.ndarray) -> np.ndarray:
+        waiter = _Waiter()
+        self._queue.put(_Job(arrays, waiter))
+        return waiter.wait()
+
+    def submit(self, arrays: tuple[np.ndarray, ...], done: Done) -> None:
+        """Queue a call; `done(result, error)` runs on a batcher thread when it is answered."""
+        self._queue.put(_Job(arrays, done))
+
+    def queued(self) -> int:
+        """Jobs waiting for a worker (approximate, for metrics)."""
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        """Finish every queued job, then stop the workers."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join()
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
+        """Jobs to merge with `first`; a job that would overflow the batch is handed back for the next round."""
+        jobs, samples = [first], first.rows
+        deadline = time.monotonic() + self._window_s if self._window_s else 0.0
+        while samples < self._max_samples:
+            try:
+                if deadline:
+                    remaining = deadline - time.monotonic()
+                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                else:
+                    job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, None, True
+            if samples + job.rows > self._max_samples:
+                return jobs, job, False
+            jobs.append(job)
+            samples += job.rows
+        return jobs, None, False
+
+    def _work(self) -> None:
+        with self._pool.acquire() as instance:
+            carry: _Job | None = None
+            stop = False
+            while not stop:
+                first = carry if carry is not None else self._queue.get()
+                carry = None
+                if first is None:
+                    break
+                jobs, carry, stop = self._gather(first)
+                self._run(instance, jobs)
+            if carry is not None:  # stop arrived while a job was carried over: answer it before leaving
+                self._run(instance, [carry])
+
+    def _run(self, instance, jobs: list[_Job]) -> None:
+        try:
+            if len(jobs) == 1:
+                outs = [instance.run(*jobs[0].arrays)]
+            else:
+                merged = instance.run(*(np.concatenate(parts) for parts in zip(*(j.arrays for j in jobs))))
+                outs = np.split(merged, np.cumsum([j.rows for j in jobs])[:-1])
+            self._on_batch(sum(j.rows for j in jobs))
+        except Exception as e:  # every waiting request gets the error; the worker lives on
+            log.exception("model call failed for a batch of %d request(s)", len(jobs))
+            for j in jobs:
+                j.done(None, e)
+            return
+        for j, out in zip(jobs, outs):
+            j.done(out, None)
+
+
+class DirectRunner:
+    """Batching off: each request thread borrows an instance from the pool for its own call."""
+
+    def __init__(self, pool, on_batch: Callable[[int], None] = lambda n: None):
+        self._pool = pool
+        self._on_batch = on_batch
+
+    def predict(self, *arrays: np.ndarray) -> np.ndarray:
+        with self._pool.acquire() as instance:
+            out = instance.run(*arrays)
+        self._on_batch(len(arrays[0]))
+        return out
+
+    def submit(self, arrays: tuple[np.ndarray, ...], done: Done) -> None:
+        def call() -> None:
+            try:
+                result = self.predict(*arrays)
+            except Exception as e:
+                done(None, e)
+                return
+            done(result, None)
+
+        threading.Thread(target=call, daemon=True).start()
+
+    def queued(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Nothing queued here: in-flight calls hold their instance until they return."""

@@ -1,0 +1,78 @@
+"""One Prometheus registry per serving process: the runtime's metrics, and the front-ends' own (they add
+collectors to `RuntimeMetrics.registry`).
+
+Runtime metrics (every front-end shares them; `version` and `backend` labels on the per-request ones):
+- `ctrkit_runtime_requests_total{version,backend,result}`: model requests; result `ok` or an error kind
+  (`wrong_shape`, `out_of_range`, `not_finite`, ..., `unavailable`, `internal`)
+- `ctrkit_runtime_request_latency_seconds{version,backend}`: validation + queue + model call (histogram)
+- `ctrkit_runtime_request_batch_size{version,backend}`: samples per request (histogram)
+- `ctrkit_runtime_model_batch_size{version,backend}`: samples per model call after dynamic batching (histogram)
+- `ctrkit_runtime_queue_depth`, `ctrkit_runtime_ready`, `ctrkit_runtime_model_version`,
+  `ctrkit_runtime_version_loads_total{result}` (loaded, refused), and the standard `process_*` metrics.
+
+With several worker processes (`PROMETHEUS_MULTIPROC_DIR` set by the supervisor) every process writes its values
+there and `render()` answers with the sum over all of them (per-process gauges carry a `pid` label).
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+LATENCY_BUCKETS = (.0002, .0005, .001, .002, .003, .005, .0075, .01, .015, .025, .05, .1, .25, .5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class RuntimeMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        r = self.registry = registry or CollectorRegistry()
+        if not self.multiprocess and registry is None:
+            ProcessCollector(registry=r)
+        labels = ["version", "backend"]
+        self.requests = Counter("ctrkit_runtime_requests", "Model requests by version, backend and result (ok or "
+                                "an error kind)", labels + ["result"], registry=r)
+        self.latency = Histogram("ctrkit_runtime_request_latency_seconds", "Validation, queueing and model call of "
+                                 "one request", labels, buckets=LATENCY_BUCKETS, registry=r)
+        self.request_samples = Histogram("ctrkit_runtime_request_batch_size", "Samples per accepted request", labels,
+                                         buckets=BATCH_BUCKETS, registry=r)
+        self.model_samples = Histogram("ctrkit_runtime_model_batch_size", "Samples per model call (after dynamic "
+                                       "batching merged requests)", labels, buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("ctrkit_runtime_queue_depth", "Requests waiting for a model instance",
+                                 registry=r, multiprocess_mode="livesum")
+        self.model_version = Gauge("ctrkit_runtime_model_version", "Model version being served (-1: none)",
+                                   registry=r, multiprocess_mode="liveall")
+        self.version_loads = Counter("ctrkit_runtime_version_loads", "Model version load attempts by result "
+                                     "(loaded, refused)", ["result"], registry=r)
+        self.ready = Gauge("ctrkit_runtime_ready", "1 while a checked model version is loaded and the process "
+                           "accepts requests", registry=r, multiprocess_mode="livemin")
+        self.model_version.set(-1)
+
+    def for_version(self, version: int, backend: str) -> "VersionMetrics":
+        return VersionMetrics(self, str(version), backend)
+
+    def render(self) -> bytes:
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+
+class VersionMetrics:
+    """The labelled children of one (version, backend), resolved once: cheap to use per request."""
+
+    def __init__(self, m: RuntimeMetrics, version: str, backend: str):
+        self._m, self._labels = m, (version, backend)
+        self.ok = m.requests.labels(version, backend, "ok")
+        self.latency = m.latency.labels(version, backend)
+        self.request_samples = m.request_samples.labels(version, backend)
+        self.model_samples = m.model_samples.labels(version, backend)
+
+    def error(self, kind: str) -> None:
+        self._m.requests.labels(*self._labels, kind).inc()
