@@ -14,6 +14,7 @@ Dependencies point one way: `models` -> `ctrkit`, and the tools compose the two.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import os
@@ -22,7 +23,8 @@ import pkgutil
 import paddle
 from paddle import nn
 
-from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
+from ctrkit.data.spec import NUM_DENSE
+from ctrkit.schema import FeatureSchema, criteo_schema
 
 COMMON_HYPER_PARAMETERS = {
     "sparse_feature_number": 1000001,
@@ -38,30 +40,50 @@ _PACKAGES: list[str] = []
 
 class CTRModel(nn.Layer):
     """Base class of every model: `forward(dense_input float32 [B, n_dense], sparse_inputs int64 [B, sparse_width])
-    -> prob float32 [B, 1]` (one logit through a sigmoid). Subclasses set `EXTRA_HYPER_PARAMETERS`
-    (name -> default) and implement `forward`; export builds its InputSpec from `input_specs()`, so export,
-    serving and the benchmark treat every model alike."""
+    -> prob float32 [B, 1]` (one logit through a sigmoid), packed as the feature schema says (ctrkit/schema.py:
+    single-valued ids, then each multi-valued field's max_len ids; id 0 = padding). `self.schema` is the model's
+    FeatureSchema (Criteo when none is given); `self.hp` its complete hyper-parameters (defaults filled in,
+    `dense_input_dim` = the schema's numeric field count). Subclasses set `EXTRA_HYPER_PARAMETERS`
+    (name -> default), take `(hyper_parameters, schema=None)` and implement `forward`. Export builds its
+    InputSpec from `input_specs()`, so export, serving and the benchmark treat every model alike."""
 
     model_name = "?"  # set by `register`
     EXTRA_HYPER_PARAMETERS: dict = {}
 
-    def __init__(self, hyper_parameters: dict):
+    def __init__(self, hyper_parameters: dict, schema: FeatureSchema | None = None):
         super().__init__()
-        self.check_hyper_parameters(hyper_parameters)
-        defaults = self.default_hyper_parameters()
+        schema = schema if schema is not None else criteo_schema(
+            hyper_parameters.get("sparse_feature_number", COMMON_HYPER_PARAMETERS["sparse_feature_number"]))
+        self.check_hyper_parameters(hyper_parameters, schema)
+        defaults = self.default_hyper_parameters(schema)
         self.hp = {k: hyper_parameters.get(k, v) for k, v in defaults.items()}
+        self.hp["dense_input_dim"] = schema.n_dense
+        self.schema = schema
 
     @classmethod
-    def default_hyper_parameters(cls) -> dict:
-        return {**COMMON_HYPER_PARAMETERS, **cls.EXTRA_HYPER_PARAMETERS}
+    def default_hyper_parameters(cls, schema: FeatureSchema | None = None) -> dict:
+        """Every hyper-parameter the model reads, with its default (`dense_input_dim` from the schema)."""
+        common = dict(COMMON_HYPER_PARAMETERS)
+        if schema is not None:
+            common["dense_input_dim"] = schema.n_dense
+        return {**common, **cls.EXTRA_HYPER_PARAMETERS}
 
     @classmethod
-    def check_hyper_parameters(cls, hp: dict) -> None:
-        """Raise ValueError for values no model can use; subclasses add their own checks."""
-        if hp.get("dense_input_dim", NUM_DENSE) != NUM_DENSE:
-            raise ValueError(f"hyper_parameters.dense_input_dim must be {NUM_DENSE} (Criteo has 13 dense features)")
+    def check_hyper_parameters(cls, hp: dict, schema: FeatureSchema | None = None) -> None:
+        """Raise ValueError for values no model can use; subclasses add their own checks. With a schema,
+        `dense_input_dim` (when given) and `sparse_feature_number` must agree with it."""
+        n_dense = schema.n_dense if schema is not None else NUM_DENSE
+        if hp.get("dense_input_dim", n_dense) != n_dense:
+            where = f"the dataset schema {schema.name!r} has {n_dense} numeric field(s)" if schema is not None \
+                else "Criteo has 13 dense features"
+            raise ValueError(f"hyper_parameters.dense_input_dim must be {n_dense} ({where}), "
+                             f"got {hp['dense_input_dim']!r}")
         if hp.get("sparse_feature_number", 2) < 2:
             raise ValueError("hyper_parameters.sparse_feature_number must be >= 2")
+        if schema is not None and hp.get("sparse_feature_number", schema.sparse_feature_number) \
+                != schema.sparse_feature_number:
+            raise ValueError(f"hyper_parameters.sparse_feature_number is {hp['sparse_feature_number']!r} but the "
+                             f"dataset schema {schema.name!r} has {schema.sparse_feature_number}")
         if hp.get("sparse_feature_dim", 1) < 1:
             raise ValueError("hyper_parameters.sparse_feature_dim must be >= 1")
         if not 0.0 <= hp.get("dropout", 0.0) < 1.0:
@@ -71,13 +93,15 @@ class CTRModel(nn.Layer):
                     isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
                 raise ValueError(f"hyper_parameters.{key} must be a list of positive ints, got {value!r}")
 
-    @staticmethod
-    def input_specs() -> list[paddle.static.InputSpec]:
-        """The model's declared inputs, in `forward` order (export builds its InputSpec from these)."""
-        return [
-            paddle.static.InputSpec(shape=[None, NUM_DENSE], dtype="float32", name="dense_input"),
-            paddle.static.InputSpec(shape=[None, NUM_SLOTS], dtype="int64", name="sparse_inputs"),
-        ]
+    def input_specs(self) -> list[paddle.static.InputSpec]:
+        """The model's declared inputs, in `forward` order (export builds its InputSpec from these):
+        `dense_input` float32 [None, n_dense] (n_dense may be 0) and `sparse_inputs` int64 [None, sparse_width]."""
+        return input_specs(self.schema)
+
+    def describe(self) -> dict:
+        """What a checkpoint or an export records to rebuild this model: name, hyper-parameters, schema."""
+        return {"model_name": self.model_name, "hyper_parameters": copy.deepcopy(self.hp),
+                "schema": self.schema.to_dict()}
 
     def regularization_loss(self) -> paddle.Tensor | None:
         """Extra loss term the trainer adds (e.g. DCN's L2 on cross weights); None when the model has none."""
@@ -85,6 +109,15 @@ class CTRModel(nn.Layer):
 
     def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
         raise NotImplementedError
+
+
+def input_specs(schema: FeatureSchema | None = None) -> list[paddle.static.InputSpec]:
+    """The two model inputs of a schema (Criteo when None)."""
+    schema = schema if schema is not None else criteo_schema()
+    return [
+        paddle.static.InputSpec(shape=[None, schema.n_dense], dtype="float32", name="dense_input"),
+        paddle.static.InputSpec(shape=[None, schema.sparse_width], dtype="int64", name="sparse_inputs"),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------ registry
@@ -149,6 +182,6 @@ def get_model_class(name: str) -> type:
     return _REGISTRY[name]
 
 
-def build_model(name: str, hyper_parameters: dict) -> CTRModel:
-    """Instantiate model `name` from (validated) hyper-parameters."""
-    return get_model_class(name)(hyper_parameters)
+def build_model(name: str, hyper_parameters: dict, schema: FeatureSchema | None = None) -> CTRModel:
+    """Instantiate model `name` from (validated) hyper-parameters for `schema` (Criteo when None)."""
+    return get_model_class(name)(hyper_parameters, schema)

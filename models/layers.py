@@ -1,14 +1,25 @@
 """Named building blocks of the model zoo. A model is a short composition of these.
 
-Shapes: B = batch, F = number of fields (26 slots + 13 dense = 39 when dense values are embedded), D = embedding dim,
-P = F*(F-1)/2 field pairs. Initialisers follow PaddleRec's (truncated normal 0.1/sqrt(D) for embeddings, normal
-1/sqrt(fan_in) for linears), except that dense-field weights start like embeddings (see
-`dense_embedding_parameter`). Everything here exports with `paddle.jit.save` (no Python branches on tensor values).
+Shapes: B = batch, F = number of fields, D = embedding dim, P = F*(F-1)/2 field pairs. The fields come from the
+feature schema (ctrkit/schema.py): its single-valued and multi-valued categorical fields (n_fields of them), plus its
+numeric fields (n_dense) when the numeric values are embedded. For Criteo F = 26 + 13 = 39.
+Initialisers follow PaddleRec's (truncated normal 0.1/sqrt(D) for embeddings, normal 1/sqrt(fan_in) for linears),
+except that dense-field weights start like embeddings (see `dense_embedding_parameter`) and first-order
+(logistic-regression) weights start at zero (see `LinearTerm`). Everything here exports with `paddle.jit.save`
+(no Python branches on tensor values).
 
-Two ways of feeding the 13 dense values, chosen per paper:
+Inputs (the model contract, two tensors): `dense` float32 [B, n_dense] and `ids` int64 [B, sparse_width], the
+single-valued ids then each multi-valued field's `max_len` ids. One table lookup embeds every id ([B, W, K]);
+`pool_fields` turns that into one row per field ([B, n_fields, K]): single-valued columns as they are, each
+multi-valued field's ids summed or averaged over its non-zero ids (id 0 = padding: a zero row, never trained). So
+every model sees [B, n_fields, D] whatever the schema; for Criteo (no multi-valued field) pooling is the identity.
+
+Two ways of feeding the numeric values, chosen per paper:
 - embedded like any other field (`FieldEmbedding`: value times a learned D-vector), for the FM family, where a field
   must have a vector to interact with the others;
-- appended raw to the flattened slot embeddings (`flatten_with_dense`), as the DNN, Wide & Deep and DCN papers do.
+- appended raw to the flattened field embeddings (`flatten_with_dense`), as the DNN, Wide & Deep and DCN papers do.
+A schema without numeric fields gives dense [B, 0]: the blocks then create no dense parameters and keep the empty
+input in the graph through `dense_anchor` (an exported program must use every input).
 """
 from __future__ import annotations
 
@@ -19,19 +30,21 @@ import paddle
 from paddle import nn
 
 from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
+from ctrkit.schema import FeatureSchema, criteo_schema
 
-NUM_FIELDS = NUM_SLOTS + NUM_DENSE
+NUM_FIELDS = NUM_SLOTS + NUM_DENSE  # Criteo's field count when dense values are embedded
 
 
 def _embedding_initializer(dim: int) -> nn.initializer.Initializer:
     return nn.initializer.TruncatedNormal(mean=0.0, std=0.1 / math.sqrt(dim))
 
 
-def sparse_embedding(num_embeddings: int, dim: int) -> nn.Embedding:
+def sparse_embedding(num_embeddings: int, dim: int, initializer: nn.initializer.Initializer | None = None
+                     ) -> nn.Embedding:
     """An id -> vector table with sparse gradients (lazy Adam updates only the rows a batch touched).
-    Id 0 means "missing" and maps to a zero vector that is never trained."""
+    Id 0 means "missing" (or padding of a multi-valued field) and maps to a zero vector that is never trained."""
     return nn.Embedding(num_embeddings, dim, padding_idx=0, sparse=True,
-                        weight_attr=paddle.ParamAttr(initializer=_embedding_initializer(dim)))
+                        weight_attr=paddle.ParamAttr(initializer=initializer or _embedding_initializer(dim)))
 
 
 def dense_embedding_parameter(layer: nn.Layer, shape: list[int], dim: int) -> paddle.Tensor:
@@ -53,70 +66,129 @@ def normal_parameter(layer: nn.Layer, shape: list[int], std: float) -> paddle.Te
 
 # ---------------------------------------------------------------------------------------------------- embeddings
 
+def _schema(schema: FeatureSchema | None) -> FeatureSchema:
+    """The blocks' schema: Criteo when none is given."""
+    return schema if schema is not None else criteo_schema()
+
+
+def pool_fields(rows: paddle.Tensor, ids: paddle.Tensor, schema: FeatureSchema) -> paddle.Tensor:
+    """Looked-up rows of every id column [B, W, K] -> one row per field [B, n_fields, K]: single-valued columns as
+    they are; each multi-valued field's max_len rows summed (`sum`) or summed and divided by its number of non-zero
+    ids, at least 1 (`mean`). Padding ids (0) look up zero rows, so they add nothing."""
+    if not schema.multi_valued:
+        return rows
+    parts = [rows[:, :schema.n_single]] if schema.n_single else []
+    for f in schema.field_layout()[schema.n_single:]:
+        pooled = paddle.sum(rows[:, f.start:f.start + f.width], axis=1, keepdim=True)  # [B,1,K]
+        if f.pooling == "mean":
+            present = paddle.cast(paddle.not_equal(ids[:, f.start:f.start + f.width],
+                                                   paddle.zeros([1], dtype=ids.dtype)), "float32")
+            count = paddle.clip(paddle.sum(present, axis=1, keepdim=True), min=1.0)  # [B,1]
+            pooled = pooled / paddle.unsqueeze(count, 2)
+        parts.append(pooled)
+    return paddle.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def dense_anchor(dense: paddle.Tensor) -> paddle.Tensor:
+    """sum of the dense values -> [B,1]: exactly 0 for a [B,0] dense input, which this keeps in the exported
+    program (paddle.jit.save refuses an input that no output depends on)."""
+    return paddle.sum(dense, axis=1, keepdim=True)
+
+
 def first_order(dense: paddle.Tensor, ids: paddle.Tensor, id_weights: nn.Embedding,
-                dense_weights: paddle.Tensor) -> paddle.Tensor:
-    """sum of one weight per slot id [B,26] plus dense [B,13] . dense_weights [13] -> [B,1] (no bias)."""
-    return (paddle.sum(id_weights(ids), axis=1)
-            + paddle.sum(dense * dense_weights, axis=1, keepdim=True))
+                dense_weights: paddle.Tensor | None, schema: FeatureSchema) -> paddle.Tensor:
+    """sum of one weight per field (mean-pooled fields: the mean of their ids' weights) plus
+    dense [B,n_dense] . dense_weights [n_dense] -> [B,1] (no bias)."""
+    weights = id_weights(ids)  # [B,W,1]
+    if any(f.pooling == "mean" for f in schema.multi_valued):
+        weights = pool_fields(weights, ids, schema)
+    ids_term = paddle.sum(weights, axis=1)
+    if dense_weights is None:
+        return ids_term + dense_anchor(dense)
+    return ids_term + paddle.sum(dense * dense_weights, axis=1, keepdim=True)
 
 
 def embed_fields(dense: paddle.Tensor, ids: paddle.Tensor, table: nn.Embedding,
-                 dense_vectors: paddle.Tensor) -> paddle.Tensor:
-    """Slot ids [B,26] -> table rows, dense values [B,13] -> value * dense_vectors[0, j]; -> [B,39,D] (slots first)."""
-    dense_embeddings = paddle.unsqueeze(dense, axis=2) * dense_vectors
-    return paddle.concat([table(ids), dense_embeddings], axis=1)
+                 dense_vectors: paddle.Tensor | None, schema: FeatureSchema) -> paddle.Tensor:
+    """Ids [B,W] -> pooled field rows [B,n_fields,K]; dense values [B,n_dense] -> value * dense_vectors[0, j];
+    -> [B, n_fields + n_dense, K] (categorical fields first). Without numeric fields, only the pooled rows."""
+    fields = pool_fields(table(ids), ids, schema)
+    if dense_vectors is None:
+        return fields
+    return paddle.concat([fields, paddle.unsqueeze(dense, axis=2) * dense_vectors], axis=1)
 
 
 def flatten_with_dense(embeddings: paddle.Tensor, dense: paddle.Tensor) -> paddle.Tensor:
-    """Slot embeddings [B,26,D] and raw dense values [B,13] -> one MLP / cross-network input [B, 26*D + 13]."""
+    """Field embeddings [B,F,D] and raw dense values [B,n_dense] -> one MLP / cross-network input
+    [B, F*D + n_dense] (n_dense may be 0)."""
     return paddle.concat([paddle.flatten(embeddings, start_axis=1), dense], axis=1)
 
 
-class LinearTerm(nn.Layer):
-    """Logistic regression's logit: bias + one weight per slot id + one weight per dense value.
+def embedded_field_count(schema: FeatureSchema) -> int:
+    """Fields of the FM family (numeric values embedded): n_fields + n_dense."""
+    return schema.n_fields + schema.n_dense
 
-    forward(dense [B,13], ids [B,26]) -> [B,1].
+
+def _first_order_initializer() -> nn.initializer.Initializer:
+    return nn.initializer.Constant(0.0)
+
+
+class LinearTerm(nn.Layer):
+    """Logistic regression's logit: bias + one weight per field id + one weight per dense value.
+    The weights start at zero (a linear model has no symmetry to break; random starting weights only add noise
+    that the optimizer must first remove: logistic regression's AUC after one epoch was 0.49 with them).
+
+    forward(dense [B,n_dense], ids [B,W]) -> [B,1].
     """
 
-    def __init__(self, sparse_feature_number: int, num_dense: int = NUM_DENSE):
+    def __init__(self, sparse_feature_number: int, schema: FeatureSchema | None = None):
         super().__init__()
-        self.embedding_one = sparse_embedding(sparse_feature_number, 1)
-        self.dense_w_one = dense_embedding_parameter(self, [num_dense], 1)
+        self.schema = schema = _schema(schema)
+        self.embedding_one = sparse_embedding(sparse_feature_number, 1, _first_order_initializer())
+        self.dense_w_one = self.create_parameter(
+            shape=[schema.n_dense], dtype="float32", default_initializer=_first_order_initializer()) \
+            if schema.n_dense else None
         self.bias = constant_parameter(self, [1], 0.0)
 
     def forward(self, dense: paddle.Tensor, ids: paddle.Tensor) -> paddle.Tensor:
-        return self.bias + first_order(dense, ids, self.embedding_one, self.dense_w_one)
+        return self.bias + first_order(dense, ids, self.embedding_one, self.dense_w_one, self.schema)
 
 
 class FieldEmbedding(nn.Layer):
-    """A D-vector per slot id and per dense field (times the dense value). forward(dense, ids) -> [B,39,D]."""
+    """A D-vector per field id (multi-valued fields pooled) and per dense field (times the dense value).
+    forward(dense, ids) -> [B, n_fields + n_dense, D]."""
 
-    def __init__(self, sparse_feature_number: int, dim: int, num_dense: int = NUM_DENSE):
+    def __init__(self, sparse_feature_number: int, dim: int, schema: FeatureSchema | None = None):
         super().__init__()
+        self.schema = schema = _schema(schema)
         self.embedding = sparse_embedding(sparse_feature_number, dim)
-        self.dense_w = dense_embedding_parameter(self, [1, num_dense, dim], dim)
+        self.dense_w = dense_embedding_parameter(self, [1, schema.n_dense, dim], dim) if schema.n_dense else None
 
     def forward(self, dense: paddle.Tensor, ids: paddle.Tensor) -> paddle.Tensor:
-        return embed_fields(dense, ids, self.embedding, self.dense_w)
+        return embed_fields(dense, ids, self.embedding, self.dense_w, self.schema)
 
 
 class FactorizationMachine(nn.Layer):
-    """First-order weights and D-dim embeddings of the 26 slot ids and the 13 dense values
-    (PaddleRec's DeepFM `FM` layer; parameter names kept so its checkpoints load).
+    """First-order weights and D-dim embeddings of the categorical fields and the dense values
+    (PaddleRec's DeepFM `FM` layer; parameter names kept so its checkpoints load for the Criteo schema).
 
-    forward(dense [B,13], ids [B,26]) -> (first_order [B,1], second_order [B,1], embeddings [B,39,D]).
+    forward(dense [B,n_dense], ids [B,W]) -> (first_order [B,1], second_order [B,1], embeddings [B,F,D]).
     """
 
-    def __init__(self, sparse_feature_number: int, sparse_feature_dim: int, num_dense: int = NUM_DENSE):
+    def __init__(self, sparse_feature_number: int, sparse_feature_dim: int, schema: FeatureSchema | None = None):
         super().__init__()
+        self.schema = schema = _schema(schema)
         self.embedding_one = sparse_embedding(sparse_feature_number, 1)
         self.embedding = sparse_embedding(sparse_feature_number, sparse_feature_dim)
-        self.dense_w_one = dense_embedding_parameter(self, [num_dense], 1)
-        self.dense_w = dense_embedding_parameter(self, [1, num_dense, sparse_feature_dim], sparse_feature_dim)
+        n_dense = schema.n_dense
+        self.dense_w_one = dense_embedding_parameter(self, [n_dense], 1) if n_dense else None
+        self.dense_w = dense_embedding_parameter(self, [1, n_dense, sparse_feature_dim], sparse_feature_dim) \
+            if n_dense else None
 
     def forward(self, dense: paddle.Tensor, ids: paddle.Tensor):
-        embeddings = embed_fields(dense, ids, self.embedding, self.dense_w)
-        return first_order(dense, ids, self.embedding_one, self.dense_w_one), fm_second_order(embeddings), embeddings
+        embeddings = embed_fields(dense, ids, self.embedding, self.dense_w, self.schema)
+        linear = first_order(dense, ids, self.embedding_one, self.dense_w_one, self.schema)
+        return linear, fm_second_order(embeddings), embeddings
 
 
 # ---------------------------------------------------------------------------------------------------- interactions
@@ -134,6 +206,8 @@ def field_pairs(num_fields: int) -> tuple[paddle.Tensor, paddle.Tensor]:
     """Indices (i, j) of the P = F*(F-1)/2 field pairs with i < j, row-major: two int64 [P] tensors.
     A tensor constant (an assign_value op in exported programs; not paddle.triu_indices, on which paddle2onnx 2.1.0
     aborts, so the model would have no ONNX export)."""
+    if num_fields < 2:
+        raise ValueError(f"a field-pair block needs at least 2 fields, the schema gives {num_fields}")
     pairs = paddle.to_tensor(np.stack(np.triu_indices(num_fields, 1)).astype("int64"))
     return pairs[0], pairs[1]
 
@@ -153,21 +227,24 @@ def dot_interaction(vectors: paddle.Tensor) -> paddle.Tensor:
 
 class FieldAwareInteraction(nn.Layer):
     """Field-aware FM (Juan et al. 2016): every feature keeps one D-vector per field, v_{i,f}, and a pair of features
-    interacts through sum_{i<j} <v_{i,F(j)}, v_{j,F(i)}> x_i x_j. Slot ids get their F vectors from one sparse table
-    [N, F*D]; dense field j gets value * dense_w[0, j] ([1,13,F*D]).
+    interacts through sum_{i<j} <v_{i,F(j)}, v_{j,F(i)}> x_i x_j. Ids get their F vectors from one sparse table
+    [N, F*D] (multi-valued fields pooled); dense field j gets value * dense_w[0, j] ([1,n_dense,F*D]).
+    F = n_fields + n_dense of the schema.
 
-    forward(dense [B,13], ids [B,26]) -> [B,1].
+    forward(dense [B,n_dense], ids [B,W]) -> [B,1].
     """
 
-    def __init__(self, sparse_feature_number: int, dim: int, num_dense: int = NUM_DENSE):
+    def __init__(self, sparse_feature_number: int, dim: int, schema: FeatureSchema | None = None):
         super().__init__()
-        self.num_fields, self.dim = NUM_SLOTS + num_dense, dim
+        self.schema = schema = _schema(schema)
+        self.num_fields, self.dim = embedded_field_count(schema), dim
         self.embedding = sparse_embedding(sparse_feature_number, self.num_fields * dim)
-        self.dense_w = dense_embedding_parameter(self, [1, num_dense, self.num_fields * dim], dim)
+        self.dense_w = dense_embedding_parameter(self, [1, schema.n_dense, self.num_fields * dim], dim) \
+            if schema.n_dense else None
 
     def forward(self, dense: paddle.Tensor, ids: paddle.Tensor) -> paddle.Tensor:
         num_fields = self.num_fields
-        vectors = embed_fields(dense, ids, self.embedding, self.dense_w)
+        vectors = embed_fields(dense, ids, self.embedding, self.dense_w, self.schema)
         vectors = paddle.reshape(vectors, [-1, num_fields * num_fields, self.dim])  # row i * F + f: v_{i,f}
         rows, cols = field_pairs(num_fields)  # only the P pairs i < j (not all F^2): ~2x faster than F x F
         left = paddle.index_select(vectors, rows * num_fields + cols, axis=1)  # v_{i,F(j)}  [B,P,D]

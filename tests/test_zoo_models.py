@@ -96,7 +96,7 @@ def test_exports_with_jit_save(name, tmp_path):
     model = tiny_model(name)
     model.eval()
     prefix = str(tmp_path / "model")
-    paddle.jit.save(model, prefix, input_spec=CTRModel.input_specs())
+    paddle.jit.save(model, prefix, input_spec=model.input_specs())
     loaded = paddle.jit.load(prefix)
     for batch_size in (1, 37):  # the batch dimension stays dynamic
         dense, ids, _ = batches(1, batch_size, seed=batch_size)[0]

@@ -3,26 +3,28 @@ sigmoid(linear + sum of FEFM pair interactions + MLP([flattened embeddings, FEFM
 
 FEFM: fields i < j interact through v_i^T W_ij v_j with a symmetric D x D matrix per field pair; all pair
 matrices are one registered parameter (trained and saved; PaddleRec kept them in a dict, so they were neither).
-The 26 slots and the 13 dense values (value times a field vector) are the fields.
+The schema's categorical fields (multi-valued ones pooled) and numeric values (value times a field vector) are the
+fields (39 for Criteo).
 """
 import paddle
 import paddle.nn.functional as F
 
-from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
+from ctrkit.schema import FeatureSchema
 from ctrkit.zoo import CTRModel, register
-from models.layers import MLP, FieldEmbedding, FieldEmbeddedInteraction, LinearTerm
+from models.layers import MLP, FieldEmbedding, FieldEmbeddedInteraction, LinearTerm, embedded_field_count
 
 
 @register("deepfefm")
 class DeepFEFM(CTRModel):
     EXTRA_HYPER_PARAMETERS = {"fc_sizes": [400, 400, 400], "dropout": 0.0}
 
-    def __init__(self, hyper_parameters: dict):
-        super().__init__(hyper_parameters)
+    def __init__(self, hyper_parameters: dict, schema: FeatureSchema | None = None):
+        super().__init__(hyper_parameters, schema)
+        schema = self.schema
         n, d = self.hp["sparse_feature_number"], self.hp["sparse_feature_dim"]
-        num_fields = NUM_SLOTS + NUM_DENSE
-        self.linear = LinearTerm(n)
-        self.embedding = FieldEmbedding(n, d)
+        num_fields = embedded_field_count(schema)
+        self.linear = LinearTerm(n, schema)
+        self.embedding = FieldEmbedding(n, d, schema)
         self.fefm = FieldEmbeddedInteraction(num_fields, d)
         self.dnn = MLP(num_fields * d + num_fields * (num_fields - 1) // 2, self.hp["fc_sizes"], 1,
                        dropout=self.hp["dropout"])

@@ -6,22 +6,24 @@ it; there are none here). deep: slot embeddings flattened, raw dense values appe
 import paddle
 import paddle.nn.functional as F
 
-from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
+from ctrkit.schema import FeatureSchema
 from ctrkit.zoo import CTRModel, register
-from models.layers import MLP, LinearTerm, flatten_with_dense, sparse_embedding
+from models.layers import MLP, LinearTerm, flatten_with_dense, pool_fields, sparse_embedding
 
 
 @register("wide_deep")
 class WideDeep(CTRModel):
     EXTRA_HYPER_PARAMETERS = {"fc_sizes": [400, 400, 400], "dropout": 0.0}
 
-    def __init__(self, hyper_parameters: dict):
-        super().__init__(hyper_parameters)
+    def __init__(self, hyper_parameters: dict, schema: FeatureSchema | None = None):
+        super().__init__(hyper_parameters, schema)
+        schema = self.schema
         n, d = self.hp["sparse_feature_number"], self.hp["sparse_feature_dim"]
-        self.wide = LinearTerm(n)
+        self.wide = LinearTerm(n, schema)
         self.embedding = sparse_embedding(n, d)
-        self.deep = MLP(NUM_SLOTS * d + NUM_DENSE, self.hp["fc_sizes"], 1, dropout=self.hp["dropout"])
+        self.deep = MLP(schema.n_fields * d + schema.n_dense, self.hp["fc_sizes"], 1, dropout=self.hp["dropout"])
 
     def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
-        deep = self.deep(flatten_with_dense(self.embedding(sparse_inputs), dense_input))
+        deep = self.deep(flatten_with_dense(pool_fields(self.embedding(sparse_inputs), sparse_inputs, self.schema),
+                                              dense_input))
         return F.sigmoid(self.wide(dense_input, sparse_inputs) + deep)

@@ -1,25 +1,27 @@
 """xDeepFM (Lian et al. 2018): sigmoid(linear + CIN(embeddings) + MLP(flattened embeddings)).
 
-The 26 slots and the 13 dense values (value times a field vector) are the CIN's fields.
+The schema's categorical fields (multi-valued ones pooled) and numeric values (value times a field vector) are the
+CIN's fields (39 for Criteo).
 """
 import paddle
 import paddle.nn.functional as F
 
-from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
+from ctrkit.schema import FeatureSchema
 from ctrkit.zoo import CTRModel, register
-from models.layers import MLP, CompressedInteraction, FieldEmbedding, LinearTerm
+from models.layers import MLP, CompressedInteraction, FieldEmbedding, LinearTerm, embedded_field_count
 
 
 @register("xdeepfm")
 class XDeepFM(CTRModel):
     EXTRA_HYPER_PARAMETERS = {"cin_sizes": [16, 16], "fc_sizes": [400, 400, 400], "dropout": 0.0}
 
-    def __init__(self, hyper_parameters: dict):
-        super().__init__(hyper_parameters)
+    def __init__(self, hyper_parameters: dict, schema: FeatureSchema | None = None):
+        super().__init__(hyper_parameters, schema)
+        schema = self.schema
         n, d = self.hp["sparse_feature_number"], self.hp["sparse_feature_dim"]
-        num_fields = NUM_SLOTS + NUM_DENSE
-        self.linear = LinearTerm(n)
-        self.embedding = FieldEmbedding(n, d)
+        num_fields = embedded_field_count(schema)
+        self.linear = LinearTerm(n, schema)
+        self.embedding = FieldEmbedding(n, d, schema)
         self.cin = CompressedInteraction(num_fields, self.hp["cin_sizes"])
         self.dnn = MLP(num_fields * d, self.hp["fc_sizes"], 1, dropout=self.hp["dropout"])
 
