@@ -1,0 +1,274 @@
+"""`python -m serving.oip` as a real process on loopback, driven by Triton's own clients (tritonclient HTTP and gRPC,
+from PyPI) and by raw HTTP/gRPC for what those clients cannot send: both backends give the in-process predictions,
+bad requests get clear errors while good ones keep flowing, health/metadata/metrics, SIGTERM drains."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+
+tritonhttp = pytest.importorskip("tritonclient.http")
+tritongrpc = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READY = re.compile(r"serving\.oip ready: model (\S+) version (\S+) http [\d.]+:(\d+) grpc [\d.]+:(\d+)")
+
+
+class OipServer:
+    def __init__(self, model: str, log_path: str, *flags: str, timeout_s: float = 180):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.oip", "--model", model, "--http_port", "0",
+                                      "--grpc_port", "0", *flags], stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True, cwd=REPO_ROOT)
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        match = READY.search(line[0] if line else "")
+        if not match:
+            self.stop()
+            raise RuntimeError(f"serving.oip did not get ready (stdout {line!r}); log:\n{self.log()}")
+        self.name, self.version = match.group(1), match.group(2)
+        self.http_port, self.grpc_port = int(match.group(3)), int(match.group(4))
+        self.url = f"http://127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def http_client(self, **kw):
+        return tritonhttp.InferenceServerClient(f"127.0.0.1:{self.http_port}", **kw)
+
+    def grpc_client(self):
+        return tritongrpc.InferenceServerClient(f"127.0.0.1:{self.grpc_port}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def _inputs(module, dense: np.ndarray, sparse: np.ndarray, binary: bool = True):
+    a = module.InferInput("dense_input", list(dense.shape), "FP32")
+    b = module.InferInput("sparse_inputs", list(sparse.shape), "INT64")
+    if module is tritonhttp:
+        a.set_data_from_numpy(dense, binary_data=binary)
+        b.set_data_from_numpy(sparse, binary_data=binary)
+    else:
+        a.set_data_from_numpy(dense)
+        b.set_data_from_numpy(sparse)
+    return [a, b]
+
+
+@pytest.fixture(scope="module")
+def golden(exported_deepfm):
+    with open(os.path.join(exported_deepfm, "model_meta.json")) as f:
+        g = json.load(f)["golden"]
+    return np.asarray(g["dense"], np.float32), np.asarray(g["sparse"], np.int64)
+
+
+@pytest.fixture(scope="module", params=["paddle", "onnxruntime"])
+def server(request, exported_deepfm, tmp_path_factory):
+    log = tmp_path_factory.mktemp("oip") / f"{request.param}.log"
+    srv = OipServer(exported_deepfm, str(log), "--backend", request.param, "--max_body_mb", "1",
+                    "--log_level", "WARNING")
+    srv.backend = request.param
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(server, exported_deepfm):
+    """The same backend in this process (what the served answers must equal)."""
+    from ctrkit.inference import create_onnx_predictor, create_predictor
+    return create_predictor(exported_deepfm) if server.backend == "paddle" else create_onnx_predictor(exported_deepfm)
+
+
+def test_health_and_metadata(server):
+    for client in (server.http_client(), server.grpc_client()):
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("deepfm") and client.is_model_ready("deepfm", "0")
+        assert not client.is_model_ready("deepfm", "7")
+    meta = server.http_client().get_model_metadata("deepfm")
+    assert meta["platform"] == {"paddle": "paddle_inference", "onnxruntime": "onnxruntime_onnx"}[server.backend]
+    assert meta["inputs"] == [{"name": "dense_input", "datatype": "FP32", "shape": [-1, 13]},
+                              {"name": "sparse_inputs", "datatype": "INT64", "shape": [-1, 26]}]
+    assert meta["outputs"] == [{"name": "prob", "datatype": "FP32", "shape": [-1, 1]}]
+    gmeta = server.grpc_client().get_model_metadata("deepfm", as_json=True)
+    assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in gmeta["inputs"]] == \
+        [("dense_input", "FP32", [-1, 13]), ("sparse_inputs", "INT64", [-1, 26])]
+    assert server.http_client().get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert server.grpc_client().get_server_metadata().name == "ctrkit"
+    assert requests.get(server.url + "/v2/health/ready", timeout=10).json() == {"ready": True}
+
+
+def test_predictions_equal_in_process(server, reference, golden):
+    dense, sparse = golden
+    expected = reference.predict(dense, sparse)
+    http, grpc_client = server.http_client(), server.grpc_client()
+    answers = {
+        "http binary": http.infer("deepfm", _inputs(tritonhttp, dense, sparse)).as_numpy("prob"),
+        "http json": http.infer("deepfm", _inputs(tritonhttp, dense, sparse, binary=False),
+                                outputs=[tritonhttp.InferRequestedOutput("prob", binary_data=False)]
+                                ).as_numpy("prob"),
+        "http gzip": http.infer("deepfm", _inputs(tritonhttp, dense, sparse), request_compression_algorithm="gzip",
+                                response_compression_algorithm="gzip").as_numpy("prob"),
+        "http deflate": http.infer("deepfm", _inputs(tritonhttp, dense, sparse),
+                                   request_compression_algorithm="deflate",
+                                   response_compression_algorithm="deflate").as_numpy("prob"),
+        "http version path": http.infer("deepfm", _inputs(tritonhttp, dense, sparse), model_version="0"
+                                        ).as_numpy("prob"),
+        "grpc": grpc_client.infer("deepfm", _inputs(tritongrpc, dense, sparse)).as_numpy("prob"),
+        "grpc version": grpc_client.infer("deepfm", _inputs(tritongrpc, dense, sparse), model_version="0"
+                                          ).as_numpy("prob"),
+    }
+    for name, got in answers.items():
+        assert got.shape == (len(dense), 1), name
+        np.testing.assert_allclose(got.reshape(-1), expected, rtol=0, atol=1e-6, err_msg=name)
+    # one row at a time, as a batch-1 client sends them
+    for i in range(3):
+        one = grpc_client.infer("deepfm", _inputs(tritongrpc, dense[i:i + 1], sparse[i:i + 1])).as_numpy("prob")
+        np.testing.assert_allclose(one.reshape(-1), expected[i:i + 1], rtol=0, atol=1e-6)
+    result = http.infer("deepfm", _inputs(tritonhttp, dense[:2], sparse[:2]), request_id="req-7")
+    assert result.get_response()["id"] == "req-7" and result.get_response()["model_version"] == "0"
+
+
+def _raw_json(dense, sparse, dense_type="FP32", sparse_type="INT64", names=("dense_input", "sparse_inputs")):
+    return json.dumps({"inputs": [
+        {"name": names[0], "datatype": dense_type, "shape": list(np.shape(dense)), "data": np.asarray(dense).tolist()},
+        {"name": names[1], "datatype": sparse_type, "shape": list(np.shape(sparse)),
+         "data": np.asarray(sparse).tolist()}]})
+
+
+def test_bad_requests_get_clear_errors_while_good_ones_flow(server, reference, golden):
+    dense, sparse = golden
+    expected = reference.predict(dense[:4], sparse[:4])
+    url = f"{server.url}/v2/models/deepfm/infer"
+    stop, failures, good = threading.Event(), [], [0]
+
+    def good_traffic(kind: str) -> None:
+        client = server.http_client() if kind == "http" else server.grpc_client()
+        module = tritonhttp if kind == "http" else tritongrpc
+        while not stop.is_set():
+            try:
+                got = client.infer("deepfm", _inputs(module, dense[:4], sparse[:4])).as_numpy("prob").reshape(-1)
+                if not np.allclose(got, expected, rtol=0, atol=1e-6):
+                    failures.append(f"{kind}: wrong answer {got}")
+                good[0] += 1
+            except Exception as e:  # noqa: BLE001
+                failures.append(f"{kind}: {e}")
+
+    threads = [threading.Thread(target=good_traffic, args=(k,)) for k in ("http", "grpc")]
+    for t in threads:
+        t.start()
+    try:
+        bad_dense = dense[:2].copy()
+        bad_dense[1, 3] = np.nan
+        bad_ids = sparse[:2].copy()
+        bad_ids[0, 5] = 10 ** 9
+        http_cases = [
+            (b"{\"inputs\": [", {}, 400, "not valid JSON"),
+            (b"\xff\xfe garbage", {}, 400, "not valid JSON"),
+            (_raw_json(dense[:2, :12], sparse[:2]), {}, 400, "needs shape [B, 13]"),
+            (_raw_json(dense[:2], sparse[:2, :25]), {}, 400, "needs shape [B, 26]"),
+            (_raw_json(dense[:2], sparse[:2], dense_type="FP64"), {}, 400, "datatype 'FP64'"),
+            (_raw_json(dense[:2], sparse[:2], sparse_type="INT32"), {}, 400, "datatype 'INT32'"),
+            (_raw_json(dense[:2], sparse[:2], names=("dense", "sparse_inputs")), {}, 400, "unknown input 'dense'"),
+            (_raw_json(bad_dense, sparse[:2]), {}, 400, "finite"),
+            (_raw_json(dense[:2], bad_ids), {}, 400, "embedding table"),
+            (_raw_json(dense[:2], sparse[:2]), {"Inference-Header-Content-Length": "999999"}, 400,
+             "Inference-Header-Content-Length"),
+            (_raw_json(dense[:2], sparse[:2]), {"Content-Encoding": "br"}, 415, "Content-Encoding"),
+            (_raw_json(dense[:2], sparse[:2]), {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
+            (b"{" + b" " * (2 * 2 ** 20) + b"}", {}, 413, "limit"),
+        ]
+        for body, headers, status, message in http_cases:
+            r = requests.post(url, data=body, headers=headers, timeout=30)
+            assert r.status_code == status, (body[:80], r.text)
+            assert message in r.json()["error"], r.json()
+        r = requests.post(f"{server.url}/v2/models/nope/infer", data=_raw_json(dense[:1], sparse[:1]), timeout=30)
+        assert r.status_code == 404 and "unknown model 'nope'" in r.json()["error"]
+        r = requests.post(f"{server.url}/v2/models/deepfm/versions/9/infer", data=_raw_json(dense[:1], sparse[:1]),
+                          timeout=30)
+        assert r.status_code == 404 and "version '9'" in r.json()["error"]
+        assert requests.get(url, timeout=30).status_code == 405
+        assert requests.get(f"{server.url}/v3/whatever", timeout=30).status_code == 404
+
+        # the real clients show the server's message
+        http, gclient = server.http_client(), server.grpc_client()
+        for module, client in ((tritonhttp, http), (tritongrpc, gclient)):
+            with pytest.raises(InferenceServerException, match=r"needs shape \[B, 13\]"):
+                client.infer("deepfm", _inputs(module, dense[:2, :12], sparse[:2]))
+            wrong = module.InferInput("dense_input", [2, 13], "FP64")
+            wrong.set_data_from_numpy(dense[:2].astype(np.float64))
+            with pytest.raises(InferenceServerException, match="datatype 'FP64'"):
+                client.infer("deepfm", [wrong, _inputs(module, dense[:2], sparse[:2])[1]])
+            with pytest.raises(InferenceServerException, match="embedding table"):
+                client.infer("deepfm", _inputs(module, dense[:2], bad_ids))
+            with pytest.raises(InferenceServerException, match="missing input"):
+                client.infer("deepfm", _inputs(module, dense[:2], sparse[:2])[:1])
+            with pytest.raises(InferenceServerException, match="unknown model"):
+                client.infer("other", _inputs(module, dense[:2], sparse[:2]))
+        # undecodable gRPC bytes reach our validation
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            with pytest.raises(grpc.RpcError) as info:
+                call(b"\xff\xff\xff\xff", timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a ModelInferRequest" in info.value.details()
+        time.sleep(0.2)  # let the good traffic run a little after the last bad request
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not failures, failures[:5]
+    assert good[0] > 0
+    metrics = requests.get(f"{server.url}/metrics", timeout=30).text
+    assert re.search(r'ctrkit_oip_requests_total\{code="400",transport="http"\} [1-9]', metrics), metrics[-2000:]
+    assert 'ctrkit_runtime_requests_total' in metrics
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(exported_deepfm, golden, tmp_path):
+    dense, sparse = golden
+    srv = OipServer(exported_deepfm, str(tmp_path / "drain.log"), "--backend", "onnxruntime", "--batch_window_ms",
+                    "3000", "--log_level", "INFO")
+    results, errors = [], []
+
+    def one(i: int) -> None:
+        try:
+            client = srv.http_client() if i % 2 else srv.grpc_client()
+            module = tritonhttp if i % 2 else tritongrpc
+            results.append(client.infer("deepfm", _inputs(module, dense[:1], sparse[:1])).as_numpy("prob"))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # the requests now wait in the 3 s batching window
+    srv.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    assert srv.stop() == 0, srv.log()
+    # requests that reached the server before SIGTERM finished; none saw a broken answer
+    assert len(results) + len(errors) == 4
+    assert all(r.shape == (1, 1) for r in results)
+    assert len(results) >= 1, errors
