@@ -208,27 +208,90 @@ def _serving(serving: dict | None) -> list[str]:
     return lines
 
 
+# one colour per backend (and device): the best configuration of each is drawn in it, the others faint
+BACKEND_COLOURS = {"paddle cpu": "#1f77b4", "paddle gpu": "#9467bd", "onnxruntime cpu": "#ff7f0e",
+                   "dygraph cpu": "#2ca02c", "dygraph gpu": "#17becf", "jit_load cpu": "#d62728",
+                   "jit_load gpu": "#8c564b"}
+FALLBACK_COLOURS = ("#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939")
+
+
+def throughput_chart_plan(results: dict) -> dict:
+    """What the throughput chart draws: per backend (and device) its best correct configuration, highlighted in
+    the backend's own colour, and every other correct configuration as a faint grey line; plus the caption
+    (machine, software, load average). The best configuration of a backend is the one with the highest mean
+    log-throughput over the batch sizes it measured (ties: the one that covers more batch sizes)."""
+    import math
+
+    by_config: dict[str, list[dict]] = defaultdict(list)
+    for c in results["cells"]:
+        if c["status"] == "ok" and c.get("samples_per_s"):
+            by_config[c["config"]].append(c)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for config, cs in by_config.items():
+        cs.sort(key=lambda c: c["batch"])
+        groups[f"{cs[0]['backend']} {cs[0]['device']}"].append(config)
+
+    def score(config: str) -> tuple[int, float]:
+        cs = by_config[config]
+        return len(cs), sum(math.log(c["samples_per_s"]) for c in cs) / len(cs)
+
+    highlighted, faint, spare = [], [], iter(FALLBACK_COLOURS)
+    for group in sorted(groups, key=lambda g: (list(BACKEND_COLOURS).index(g) if g in BACKEND_COLOURS else 99, g)):
+        configs = sorted(groups[group], key=score, reverse=True)
+        colour = BACKEND_COLOURS.get(group) or next(spare, "#000000")
+        best = configs[0]
+        highlighted.append({"group": group, "config": best, "colour": colour,
+                            "points": [(c["batch"], c["samples_per_s"]) for c in by_config[best]]})
+        faint += [{"group": group, "config": other, "points": [(c["batch"], c["samples_per_s"])
+                                                               for c in by_config[other]]} for other in configs[1:]]
+    return {"highlighted": highlighted, "faint": faint, "caption": chart_caption(results)}
+
+
+def chart_caption(results: dict) -> str:
+    env = results.get("environment", {})
+    load_start = env.get("load_average_start") or []
+    load_end = env.get("load_average_end") or []
+    fmt = lambda load: "/".join(f"{v:g}" for v in load) if load else "n/a"  # noqa: E731
+    cpu = f"{env.get('cpu_model', 'unknown CPU')}, {env.get('physical_cores', '?')} cores / " \
+          f"{env.get('logical_cpus', '?')} threads ({env.get('cpus_usable', '?')} usable)"
+    caps = env.get("paddle_capabilities") or {}
+    gpus = ", ".join(g.get("name", "?") for g in env.get("gpus") or []) or "no GPU"
+    return (f"{env.get('date', '')} · {cpu}, {env.get('memory_total_gb', '?')} GiB, {gpus}\n"
+            f"Paddle {env.get('paddle', '?')}{' (CUDA)' if caps.get('cuda') else ''}, ONNX Runtime "
+            f"{env.get('onnxruntime', '?')}, Python {env.get('python', '?')} · "
+            f"load average (1/5/15 min) at start {fmt(load_start)}, at end {fmt(load_end)}")
+
+
 def write_charts(out_dir: str, results: dict) -> list[str]:
-    """throughput.png (samples/s against batch size per configuration) and, with serving runs,
-    serving_latency.png (p50/p99 per RPC transport, concurrency and batch, and of the upload round trip)."""
+    """throughput.png (samples/s against batch size: the best configuration per backend highlighted, the rest
+    faint; machine and load in the caption) and, with serving runs, serving_latency.png (p50/p99 per RPC transport,
+    concurrency and batch, and of the upload round trip)."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     paths = []
-    by_config: dict[str, list[dict]] = defaultdict(list)
-    for c in results["cells"]:
-        if c["status"] == "ok":
-            by_config[c["config"]].append(c)
-    if by_config:
-        fig, ax = plt.subplots(figsize=(10, 6))
-        for config, cs in by_config.items():
-            cs.sort(key=lambda c: c["batch"])
-            ax.plot([c["batch"] for c in cs], [c["samples_per_s"] for c in cs], marker="o", label=config)
+    plan = throughput_chart_plan(results)
+    if plan["highlighted"]:
+        fig, ax = plt.subplots(figsize=(10, 6.2))
+        for line in plan["faint"]:
+            xs, ys = zip(*line["points"])
+            ax.plot(xs, ys, color="#9a9a9a", alpha=0.35, linewidth=0.9, marker=".", markersize=3, zorder=1)
+        for line in plan["highlighted"]:
+            xs, ys = zip(*line["points"])
+            ax.plot(xs, ys, color=line["colour"], linewidth=2.6, marker="o", markersize=6, zorder=3,
+                    label=f"best {line['group']}: {line['config']}")
+            ax.annotate(f"{ys[-1]:,.0f}/s", (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, 0),
+                        fontsize=8, color=line["colour"], va="center")
+        if plan["faint"]:
+            ax.plot([], [], color="#9a9a9a", alpha=0.6, linewidth=0.9,
+                    label=f"{len(plan['faint'])} other configurations (every number: report.md tables)")
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples/s (correct cells only)",
-               title=f"{results['model']['name']}: throughput by configuration")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+               title=f"{results['model']['name']}: throughput, best configuration per backend")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=8, loc="upper left", frameon=True, framealpha=0.9)
+        ax.margins(x=0.12)
+        fig.text(0.01, -0.02, plan["caption"], fontsize=7.5, color="#333333", ha="left", va="top")
         paths.append(_save(plt, fig, os.path.join(out_dir, "throughput.png")))
     runs = serving_latencies(results.get("serving") or {})
     if runs:
@@ -240,6 +303,7 @@ def write_charts(out_dir: str, results: dict) -> list[str]:
         ax.set_xticks(list(xs), names, fontsize=7)
         ax.set(ylabel="latency per request (ms)", title="Serving latency percentiles")
         ax.legend()
+        fig.text(0.01, -0.02, chart_caption(results), fontsize=7.5, color="#333333", ha="left", va="top")
         paths.append(_save(plt, fig, os.path.join(out_dir, "serving_latency.png")))
     return paths
 
