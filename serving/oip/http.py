@@ -1,4 +1,6 @@
-"""Open Inference Protocol over HTTP/REST: a bare ASGI application served by uvicorn (httptools parser, uvloop).
+"""Open Inference Protocol over HTTP/REST: a handler on aiohttp's low-level server, the same HTTP library and
+transport (`serving.rpc.http_app.HttpTransport`: keep-alive, header and body limits, its own event loop thread)
+as the Paddle Serving front-end.
 
 Routes (KServe v2 / Triton):
     GET  /v2/health/live                 200 {"live": true}
@@ -22,159 +24,152 @@ import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
 from serving.oip import protocol as P
 from serving.oip.protocol import OipError
 
 log = logging.getLogger("serving.oip")
 _MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?/?$")
-JSON = b"application/json"
-INLINE_BODY_BYTES = 64 * 1024  # smaller requests are decoded on the event loop
+JSON = "application/json"
+INLINE_BODY_BYTES = 64 * 1024  # smaller requests are decoded on the event loop; larger ones on a worker thread
+METHOD_NOT_ALLOWED = P.ErrorKind(405, "UNIMPLEMENTED")
+LENGTH_REQUIRED = P.ErrorKind(411, "INVALID_ARGUMENT")
 
 
 class HttpApp:
-    """The ASGI callable. `server` supplies model, readiness, metrics and the limits."""
+    """The aiohttp handler. `server` (serving.oip.server.OipServer) supplies model, readiness, metrics, limits."""
 
-    def __init__(self, server, threads: int):
+    def __init__(self, server, threads: int, read_timeout_s: float = 30.0):
         self.server = server
         self.model = server.model
-        self.decoder = server.decoder
-        self.max_body = server.max_body_bytes
+        self.max_body_bytes = server.max_body_bytes  # HttpTransport sizes aiohttp's client_max_size from it
+        self.read_timeout_s = read_timeout_s
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="oip-http")
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":  # lifespan is off; websockets are not served
-            return
+    async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         try:
-            status, headers, body = await self._route(scope, receive)
+            status, headers, body = await self._route(request)
+        except asyncio.CancelledError:
+            raise
         except OipError as e:
-            status, headers, body = e.kind.http_status, [], _error_body(e.message)
-            self.server.count("http", e.kind.http_status)
+            status, headers, body = e.kind.http_status, {}, _error_body(e.message)
+            if request.path.endswith("/infer"):
+                self.server.count("http", e.kind.http_status)
+            if e.kind in (P.TOO_LARGE, P.UNAVAILABLE) or e.kind.http_status == 411:
+                headers["Connection"] = "close"
         except Exception:  # noqa: BLE001 - never a traceback to the client
-            log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
-            status, headers, body = 500, [], _error_body("internal server error; see the server log")
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            status, headers, body = 500, {}, _error_body("internal server error; see the server log")
             self.server.count("http", 500)
+        headers.setdefault("Content-Type", JSON)
         if self.server.draining:
-            headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", JSON), *headers] if not any(
-                        h[0] == b"content-type" for h in headers) else headers})
-        await send({"type": "http.response.body", "body": body})
+            headers["Connection"] = "close"
+        return web.Response(status=status, body=body, headers=headers)
 
-    async def _route(self, scope, receive):
-        path, method = scope["path"], scope["method"]
+    async def _route(self, request: BaseRequest):
+        path, method = request.path, request.method
         if path == "/v2/health/live":
             _only(method, "GET")
-            return 200, [], b'{"live":true}'
+            return 200, {}, b'{"live":true}'
         if path == "/v2/health/ready":
             _only(method, "GET")
             ready = self.server.ready
-            return (200 if ready else 503), [], b'{"ready":true}' if ready else b'{"ready":false}'
+            return (200 if ready else 503), {}, b'{"ready":true}' if ready else b'{"ready":false}'
         if path in ("/v2", "/v2/"):
             _only(method, "GET")
-            return 200, [], json.dumps(self.server.server_metadata()).encode()
+            return 200, {}, json.dumps(self.server.server_metadata()).encode()
         if path == "/metrics":
             _only(method, "GET")
             text, content_type = self.server.metrics_text()
-            return 200, [(b"content-type", content_type.encode())], text
+            return 200, {"Content-Type": content_type}, text
         match = _MODEL_PATH.match(path)
         if not match:
-            raise OipError(P.NOT_FOUND, f"no route {path}")
+            raise OipError(P.NOT_FOUND, f"no route {method} {path}")
         name, version, action = match.groups()
         if action == "/infer":
             _only(method, "POST")
-            return await self._infer(scope, receive, name, version or "")
+            return await self._infer(request, name, version or "")
         _only(method, "GET")
         if action == "/ready":
             if name != self.model.name:
                 raise OipError(P.NOT_FOUND, f"unknown model '{name}'; this server serves '{self.model.name}'")
             ready = self.server.ready and (not version or version == self.model.version)
-            return (200 if ready else 503), [], b'{"ready":true}' if ready else b'{"ready":false}'
+            return (200 if ready else 503), {}, b'{"ready":true}' if ready else b'{"ready":false}'
         self.model.check(name, version)
-        return 200, [], json.dumps(self.model.metadata()).encode()
+        return 200, {}, json.dumps(self.model.metadata()).encode()
 
-    async def _infer(self, scope, receive, name: str, version: str):
+    async def _infer(self, request: BaseRequest, name: str, version: str):
         if self.server.draining:
             raise OipError(P.UNAVAILABLE, "the server is shutting down")
         self.model.check(name, version)
-        headers = dict(scope["headers"])
-        body = await self._read_body(headers, receive)
-        encoding = headers.get(b"content-encoding", b"identity").lower()
-        if encoding not in (b"identity", b""):
-            body = _decompress(body, encoding, self.max_body)
-        header_length = headers.get(b"inference-header-content-length")
+        headers = request.headers
+        encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "deflate"):
+            raise OipError(P.UNSUPPORTED_MEDIA, f"Content-Encoding {encoding!r} is not supported (gzip, deflate or "
+                                                "none)")
+        length = request.content_length
+        if length is None and not request.body_exists:
+            raise OipError(LENGTH_REQUIRED, "an inference request needs a body")
+        if length is not None and length > self.max_body_bytes:
+            raise OipError(P.TOO_LARGE, f"request body of {length} bytes is over the limit of "
+                                        f"{self.max_body_bytes} (--max_body_mb)")
+        body = await self._read(request)
+        if encoding != "identity":
+            body = _decompress(body, encoding, self.max_body_bytes)
+        header_length = headers.get("Inference-Header-Content-Length")
         if header_length is not None:
             try:
                 header_length = int(header_length)
             except ValueError:
                 raise OipError(P.BAD_REQUEST, "Inference-Header-Content-Length must be an integer") from None
-        accept = headers.get(b"accept-encoding", b"").lower()
         if len(body) <= INLINE_BODY_BYTES:
             answer, json_size = await self.server.infer_http_async(body, header_length)
-        else:  # decoding a large body would stall every other connection on the event loop
+        else:  # decoding a large body on the event loop would stall every other connection
             loop = asyncio.get_running_loop()
             answer, json_size = await loop.run_in_executor(self.executor, self.server.infer_http, body,
                                                            header_length)
-        out = [(b"content-type", b"application/octet-stream" if json_size is not None else JSON)]
+        out = {"Content-Type": "application/octet-stream" if json_size is not None else JSON}
         if json_size is not None:
-            out.append((b"inference-header-content-length", str(json_size).encode()))
-        if b"gzip" in accept:
+            out["Inference-Header-Content-Length"] = str(json_size)
+        accept = (headers.get("Accept-Encoding") or "").lower()
+        if "gzip" in accept:
             answer = gzip.compress(answer, compresslevel=1)
-            out.append((b"content-encoding", b"gzip"))
-        elif b"deflate" in accept:
+            out["Content-Encoding"] = "gzip"
+        elif "deflate" in accept:
             answer = zlib.compress(answer, 1)
-            out.append((b"content-encoding", b"deflate"))
+            out["Content-Encoding"] = "deflate"
         return 200, out, answer
 
-    async def _read_body(self, headers: dict, receive) -> bytes:
-        length = headers.get(b"content-length")
-        if length is None and headers.get(b"transfer-encoding", b"").lower() != b"chunked":
-            raise OipError(P.ErrorKind(411, "INVALID_ARGUMENT"), "an inference request needs a body "
-                                                                 "(Content-Length)")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                raise OipError(P.BAD_REQUEST, "Content-Length must be an integer") from None
-            if declared > self.max_body:
-                raise OipError(P.TOO_LARGE, f"request body of {declared} bytes is over the limit of "
-                                            f"{self.max_body} (--max_body_mb)")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise OipError(P.BAD_REQUEST, "client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise OipError(P.TOO_LARGE, f"request body over the limit of {self.max_body} bytes (--max_body_mb)")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    async def _read(self, request: BaseRequest) -> bytes:
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise OipError(P.TOO_LARGE, f"request body over the limit of {self.max_body_bytes} bytes "
+                                        "(--max_body_mb)") from None
+        except TimeoutError:
+            raise OipError(P.BAD_REQUEST, f"request body did not arrive within {self.read_timeout_s:g} s") from None
 
 
 def _only(method: str, allowed: str) -> None:
     if method != allowed and not (allowed == "GET" and method == "HEAD"):
-        raise OipError(P.ErrorKind(405, "UNIMPLEMENTED"), f"method {method} not allowed here (use {allowed})")
+        raise OipError(METHOD_NOT_ALLOWED, f"method {method} not allowed here (use {allowed})")
 
 
 def _error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
-    if encoding == b"gzip":
-        wbits = 16 + zlib.MAX_WBITS
-    elif encoding == b"deflate":
-        wbits = zlib.MAX_WBITS
-    else:
-        raise OipError(P.UNSUPPORTED_MEDIA, f"Content-Encoding {encoding.decode(errors='replace')!r} is not "
-                                            "supported (gzip, deflate or none)")
-    d = zlib.decompressobj(wbits)
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
     try:
         out = d.decompress(body, limit + 1)
     except zlib.error as e:
-        raise OipError(P.BAD_REQUEST, f"request body is not valid {encoding.decode()}: {e}") from None
+        raise OipError(P.BAD_REQUEST, f"request body is not valid {encoding}: {e}") from None
     if len(out) > limit:
         raise OipError(P.TOO_LARGE, f"request body over the limit of {limit} bytes once decompressed (--max_body_mb)")
+    if not d.eof:
+        raise OipError(P.BAD_REQUEST, f"request body is not valid {encoding}: truncated stream")
     return out

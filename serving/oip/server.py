@@ -1,15 +1,12 @@
 """`python -m serving.oip`: the Open Inference Protocol (KServe v2) front-end over HTTP/REST and gRPC, on the
-protocol-free model runtime. One process serves both transports (HTTP on uvicorn in the main thread's event loop,
-gRPC on its own thread pool); readiness, metrics and model versions come from the runtime."""
+protocol-free model runtime. One process serves both transports (HTTP on aiohttp in its event-loop thread, gRPC on its
+own thread pool); readiness, metrics and model versions come from the runtime."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -34,8 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http_threads", type=int, default=16, help="threads decoding and predicting HTTP requests")
     p.add_argument("--grpc_threads", "--thread", dest="grpc_threads", type=int, default=16,
                    help="gRPC request threads")
-    p.add_argument("--max_connections", type=int, default=1024, help="concurrent HTTP connections + requests; "
-                   "more are answered 503")
     p.add_argument("--max_body_mb", type=float, default=64, help="largest request body (also once decompressed) "
                    "and gRPC message")
     p.add_argument("--keep_alive_s", type=int, default=60, help="idle keep-alive connections close after this")
@@ -129,89 +124,54 @@ class OipServer:
         return response, version
 
 
-def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise OSError(f"cannot bind HTTP to {host}:{port}: {e.strerror}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
 def serve(args, ready_callback=None) -> int:
-    import uvicorn
-
     from serving.oip.grpc_service import GrpcFrontEnd
     from serving.oip.http import HttpApp
+    from serving.rpc.http_app import HttpTransport  # the shared aiohttp transport (same library as serving.rpc)
 
     runtime, options = _runtime(args)
     server = OipServer(runtime, options, args)
     reuse = bool(getattr(args, "reuse_port", False))
-    sock = _bind(args.host, args.http_port, reuse)
-    grpc_front = GrpcFrontEnd(server, args.host, args.grpc_port, args.grpc_threads, server.max_body_bytes, reuse)
-    app = HttpApp(server, args.http_threads)
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="off", access_log=False,
-                            log_level="warning", limit_concurrency=args.max_connections,
-                            timeout_keep_alive=args.keep_alive_s,
-                            timeout_graceful_shutdown=int(max(1, args.drain_timeout_s)))
-
-    class _Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self):  # our own handlers below drain gRPC too, and exit 0
-            yield
-
-    http = _Server(config)
-    drained = threading.Event()
+    try:
+        http = HttpTransport(HttpApp(server, args.http_threads), args.host, args.http_port, reuse_port=reuse,
+                             idle_timeout_s=args.keep_alive_s)
+        grpc_front = GrpcFrontEnd(server, args.host, args.grpc_port, args.grpc_threads, server.max_body_bytes,
+                                  reuse)
+    except OSError:
+        runtime.close()
+        raise
+    stop = threading.Event()
 
     def on_signal(signum, _frame):
         if signum == signal.SIGHUP:
             runtime.reload()
-            return
-        if server.draining:
-            return
-        log.info("signal %d: draining (up to %.0f s)", signum, args.drain_timeout_s)
-        server.draining = True
-        runtime.drain()
-        grpc_front.set_serving(False)
-
-        def stop_grpc():
-            grpc_front.stop(args.drain_timeout_s).wait()
-            drained.set()
-        threading.Thread(target=stop_grpc, daemon=True).start()
-        http.should_exit = True
+        else:
+            stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-
+    http.start()
     grpc_front.start()
     grpc_front.set_serving(True)
-    http_port = sock.getsockname()[1]
-
-    async def main():
-        task = asyncio.create_task(http.serve(sockets=[sock]))
-        while not http.started and not task.done():
-            await asyncio.sleep(0.01)
-        if http.started:
-            line = (f"serving.oip ready: model {server.model.name} version {server.model.version} "
-                    f"http {args.host}:{http_port} grpc {args.host}:{grpc_front.port}")
-            print(line, flush=True)
-            if ready_callback:
-                ready_callback(line)
-        await task
-
-    asyncio.run(main())
-    if not server.draining:  # uvicorn stopped by itself (e.g. failed to start)
-        grpc_front.stop(0)
-        return 1
-    ok = drained.wait(args.drain_timeout_s + 5) and runtime.wait_idle(args.drain_timeout_s)
+    line = (f"serving.oip ready: model {server.model.name} version {server.model.version} "
+            f"http {args.host}:{http.port} grpc {args.host}:{grpc_front.port}")
+    print(line, flush=True)
+    if ready_callback:
+        ready_callback(line)
+    while not stop.wait(1.0):
+        pass
+    # drain: report not ready, refuse new requests (503 / UNAVAILABLE), let those in flight finish
+    log.info("draining (up to %.0f s)", args.drain_timeout_s)
+    server.draining = True
+    runtime.drain()
+    grpc_front.set_serving(False)
+    http.stop_accepting()
+    grpc_done = grpc_front.stop(args.drain_timeout_s)
+    ok = runtime.wait_idle(args.drain_timeout_s)
+    ok = grpc_done.wait(args.drain_timeout_s + 1) and ok
+    http.close()
     runtime.close()
+    log.info("stopped%s", "" if ok else " (drain timed out)")
     return 0 if ok else 1
 
 
