@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# One-time set-up, safe to re-run: a virtual environment in ./.venv with the pinned requirements and this
-# project installed in editable mode. Re-installs only when a requirements file or pyproject.toml changed.
+# One-time set-up, safe to re-run: a virtual environment in ./.venv with the pinned requirements
+# (requirements-dev.txt = everything in requirements/ + the test tools) and this project installed in editable
+# mode. Re-installs only when a requirements file, pyproject.toml or setup.py changed.
+# Editable "compat" mode puts the repository root on the venv's sys.path, so `python tools/trainer.py ...` and
+# `python -m serving.rpc ...` import `ctrkit`, `models` and `serving` from this checkout, and the console scripts
+# (ctr-train, ctr-serve-rpc, ...: see ctrkit/console.py) land in .venv/bin. A wheel (`pip install .`) ships
+# models/ and serving/ as ctrkit_models / ctrkit_serving instead (see setup.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,11 +22,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.ctrkit-installed
-want=$(cat requirements.txt requirements/*.txt requirements-dev.txt pyproject.toml | sha1sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements/*.txt requirements-dev.txt pyproject.toml setup.py | sha1sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing requirements into .venv (first run takes a few minutes)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+  # setuptools and wheel come pinned from requirements-dev.txt: no build isolation, nothing more to download
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+    --config-settings editable_mode=compat -e .
   echo "$want" > "$stamp"
 fi
 

@@ -1,0 +1,71 @@
+"""ctrkit.api: prediction from an exported model in one call, from lines, files and arrays."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctrkit import api
+from ctrkit.data import DataFormatError, FeatureSpec, parse_lines
+from ctrkit.inference import create_predictor
+
+
+@pytest.fixture(scope="module")
+def expected(exported_deepfm, slot_sample):
+    """Predictions of the slot sample straight from the predictor factory (what api must reproduce)."""
+    with open(slot_sample) as f:
+        lines = f.read().splitlines()
+    predictor = create_predictor(exported_deepfm)
+    batch = parse_lines(lines, FeatureSpec(sparse_feature_number=1000001), source="sample").batch
+    return lines, batch, predictor.predict(batch.dense, batch.sparse)
+
+
+def test_predict_lines_files_and_arrays_agree(exported_deepfm, slot_sample, expected, tmp_path):
+    lines, batch, want = expected
+    got = api.predict(exported_deepfm, lines)
+    assert got.dtype == np.float32 and got.shape == (len(lines),)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+    np.testing.assert_allclose(api.predict(exported_deepfm, slot_sample), want, atol=1e-6)        # a file
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.txt").write_text("\n".join(lines[:30]) + "\n")
+    (folder / "b.txt").write_text("\n".join(lines[30:]))                                           # no final newline
+    np.testing.assert_allclose(api.predict(exported_deepfm, folder), want, atol=1e-6)              # a directory
+
+    with api.load(exported_deepfm, batch_size=7) as model:  # several model calls, same answers, input order
+        assert model.version == 0
+        np.testing.assert_allclose(model.predict([s.encode() for s in lines]), want, atol=1e-6)
+        np.testing.assert_allclose(model.predict({"dense_input": batch.dense, "sparse_inputs": batch.sparse}),
+                                   want, atol=1e-6)
+        np.testing.assert_allclose(model.predict((batch.dense, batch.sparse)), want, atol=1e-6)
+        assert model.predict([]).shape == (0,)
+
+
+def test_raw_criteo_lines(exported_deepfm, raw_sample):
+    with open(raw_sample) as f:
+        lines = f.read().splitlines()
+    spec = FeatureSpec(sparse_feature_number=1000001)
+    batch = parse_lines(lines, spec, source="raw").batch
+    want = create_predictor(exported_deepfm).predict(batch.dense, batch.sparse)
+    np.testing.assert_allclose(api.predict(exported_deepfm, lines), want, atol=1e-6)
+
+
+def test_onnxruntime_backend_matches_paddle(exported_deepfm, expected):
+    lines, _, want = expected
+    np.testing.assert_allclose(api.predict(exported_deepfm, lines, backend="onnxruntime"), want, atol=1e-5)
+
+
+def test_bad_input_is_a_clear_error(exported_deepfm, expected, tmp_path):
+    lines, batch, _ = expected
+    with api.load(exported_deepfm) as model:
+        with pytest.raises(DataFormatError) as err:
+            model.predict(lines[:4] + ["1 oops"] + lines[4:])
+        assert err.value.line_number == 5
+        with pytest.raises(Exception, match="sparse_inputs"):
+            model.predict({"dense_input": batch.dense, "sparse_inputs": batch.sparse[:, :3]})
+        with pytest.raises(TypeError):
+            model.predict(b"1 2 3")
+    with pytest.raises(FileNotFoundError):
+        api.predict(tmp_path / "missing", lines)
+    with pytest.raises(ValueError, match="batch_size"):
+        api.load(exported_deepfm, batch_size=0)
