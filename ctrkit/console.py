@@ -16,6 +16,7 @@ does, with the same flags and output; `ctr-train --help` shows them.
 | `ctr-upload-client`  | `tools/upload_client.py`      | serving         |
 | `ctr-serve-rpc`      | `python -m serving.rpc`       | serving         |
 | `ctr-serve-upload`   | `python -m serving.upload`    | serving         |
+| `ctr-serve-oip`      | `python -m serving.oip`       | serving         |
 
 In the installed package the tools, the zoo and the servers are `ctrkit_tools`, `ctrkit_models` and
 `ctrkit_serving` (see setup.py); the module names below are rewritten to those when the wheel is built.
@@ -89,3 +90,7 @@ def serve_rpc() -> None:
 
 def serve_upload() -> None:
     _run("serving.upload")
+
+
+def serve_oip() -> None:
+    _run("serving.oip")
