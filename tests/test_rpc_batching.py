@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from serving.rpc.batching import DynamicBatcher
+from ctrkit.runtime.batching import DynamicBatcher
 from rpc_helpers import wait_until
 
 
@@ -21,7 +21,7 @@ class GatedPredictor:
         self.entered = 0  # calls that reached the gate
         self.fail_next = False
 
-    def predict(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+    def run(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         self.entered += 1
         self.gate.wait()
         self.calls.append(len(dense))

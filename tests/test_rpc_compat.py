@@ -47,7 +47,14 @@ for mode in ("http_json", "http_proto", "grpc"):
         client.connect([endpoints[mode]])
         predictions = []
         for start in range(0, len(dense), 20):
-            feed = {"dense_input": dense[start:start + 20], "sparse_inputs": sparse[start:start + 20]}
+            feed, column = {}, 0  # one feed per variable of the client config: dense_input, C1..C26 (per field)
+            for name in client.feed_names_:
+                width = int(np.prod(client.feed_shapes_[name]))
+                if client.feed_types_[name] == 1:
+                    feed[name] = dense[start:start + 20]
+                else:
+                    feed[name] = sparse[start:start + 20, column:column + width]
+                    column += width
             answer = client.predict(feed=feed, fetch=["prob"], batch=True, log_id=start + 1)
             if answer is None:
                 raise SystemExit(f"{mode}: the client got no answer")
@@ -59,7 +66,7 @@ for mode in ("http_json", "http_proto", "grpc"):
                 assert answer.log_id == start + 1 and answer.err_no == 0, answer
                 tensor = answer.outputs[0].tensor[0]
                 values, alias, shape = list(tensor.float_data), tensor.alias_name, list(tensor.shape)
-            assert alias == "prob" and shape == [len(feed["dense_input"]), 1], (alias, shape)
+            assert alias == "prob" and shape == [len(dense[start:start + 20]), 1], (alias, shape)
             predictions += values
         results[f"{mode}{'+gzip' if compress else ''}"] = [type(answer).__name__, predictions]
 print(json.dumps(results))

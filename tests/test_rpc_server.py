@@ -243,8 +243,8 @@ def test_bad_http_envelopes(server, rows):
     assert r.status_code == 413 and r.json()["err_no"] == P.TOO_LARGE.err_no
     r = requests.post(url, data=b" " * (2 << 20))
     assert r.status_code == 413
-    r = requests.post(url, data=iter([body]))  # chunked: no Content-Length
-    assert r.status_code == 411
+    r = requests.post(url, data=iter([body]))  # chunked: no Content-Length; the HTTP library reads it
+    assert r.status_code == 200
     assert requests.post(f"{server.url}/nowhere", data=body).status_code == 404
     assert requests.post(url, data=body).status_code == 200  # and the server carries on
 
@@ -263,8 +263,9 @@ def test_health_readiness_metrics_versions(server, rows):
     assert versions["serving"] == 0 and versions["available"] == [0] and versions["refused"] == {}
     assert server.metric("ctrkit_rpc_requests_total", 'err_no="0"') > 0
     assert server.metric("ctrkit_rpc_request_latency_seconds_count", 'transport="grpc"') > 0
-    assert server.metric("ctrkit_rpc_predictor_batch_size_count") > 0
-    assert server.metric("ctrkit_rpc_ready") == 1 and server.metric("ctrkit_rpc_model_version") == 0
+    assert server.metric("ctrkit_runtime_model_batch_size_count", 'backend="paddle"') > 0
+    assert server.metric("ctrkit_runtime_requests_total", 'result="ok"') > 0
+    assert server.metric("ctrkit_runtime_ready") == 1 and server.metric("ctrkit_runtime_model_version") == 0
 
 
 # ------------------------------------------------------------------------------------------- rec_client

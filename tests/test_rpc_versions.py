@@ -100,8 +100,8 @@ def test_hot_swap_under_load_fails_no_request(models, rows, tmp_path):
     assert set(seen) == {"A", "B"}, sorted(set(seen))
     assert set(seen[swapped_at + 6:]) == {"B"}  # once swapped (and the last old in-flight answers are in), only B
     assert status["serving"] == 2 and "golden" in status["refused"]["3"]
-    assert server.metric("ctrkit_rpc_version_loads_total", 'result="loaded"') == 2
-    assert server.metric("ctrkit_rpc_version_loads_total", 'result="refused"') == 1
+    assert server.metric("ctrkit_runtime_version_loads_total", 'result="loaded"') == 2
+    assert server.metric("ctrkit_runtime_version_loads_total", 'result="refused"') == 1
     assert server.metric("ctrkit_rpc_requests_total", 'err_no="0"') == len(seen)
     assert server.stop() == 0
     log = server.log()

@@ -38,7 +38,7 @@ def test_workers_share_the_ports_and_stop_together(exported_deepfm, slot_sample,
 
     run_in_threads(work, 12)
     metrics = requests.get(f"{server.url}/metrics", timeout=10).text
-    pids = [int(p) for p in re.findall(r'ctrkit_rpc_model_version\{pid="(\d+)"\}', metrics)]
+    pids = [int(p) for p in re.findall(r'ctrkit_runtime_model_version\{pid="(\d+)"\}', metrics)]
     assert failures == []
     assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
     assert server.metric("ctrkit_rpc_requests_total", 'err_no="0"') == 12 * 10  # summed over both workers

@@ -23,11 +23,14 @@ class RuntimeInputError(ValueError):
     """A request's arrays break the model's contract. `kind` is one of the constants above; the message names
     the input (and row, column) and what is wrong; `input` is the offending input's name (or None)."""
 
-    def __init__(self, kind: str, message: str, input_name: str | None = None):
+    def __init__(self, kind: str, message: str, input_name: str | None = None,
+                 where: tuple[int, int] | None = None, value=None):
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.input = input_name
+        self.where = where    # (row, column) of the first bad value, for value errors
+        self.value = value
 
 
 @dataclass(frozen=True)
@@ -125,11 +128,12 @@ class ModelContract:
             if not np.isfinite(a).all():
                 row, col = np.argwhere(~np.isfinite(a))[0]
                 raise RuntimeInputError(NOT_FINITE, f"'{spec.name}' [{row}, {col}] is {a[row, col]}; values must "
-                                        "be finite", spec.name)
+                                        "be finite", spec.name, (int(row), int(col)), a[row, col])
         elif a.size and (a.min() < 0 or a.max() >= self.id_limit):
             row, col = np.argwhere((a < 0) | (a >= self.id_limit))[0]
             raise RuntimeInputError(OUT_OF_RANGE, f"'{spec.name}' [{row}, {col}] = {a[row, col]} is outside the "
-                                    f"embedding table [0, {self.id_limit})", spec.name)
+                                    f"embedding table [0, {self.id_limit})", spec.name, (int(row), int(col)),
+                                    a[row, col])
 
 
 def _schema_fields(meta: dict, sparse_width: int) -> tuple[FieldSlice, ...]:

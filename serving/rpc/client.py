@@ -23,7 +23,6 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ctrkit.data import FeatureSpec, iter_batches
-from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
 from ctrkit.serving_config import CLIENT_CONF, TEXT_SUFFIX, read_text
 
 from serving.rpc import protocol as P
@@ -41,27 +40,55 @@ class ServingError(Exception):
 
 
 @dataclass(frozen=True)
-class FeedLayout:
-    """Names and types of the dense and sparse feeds, and the fetch alias, from a client config."""
+class FeedVar:
+    name: str
+    alias: str
+    width: int      # values per sample
 
-    dense: tuple[str, str]   # (name, alias)
-    sparse: tuple[str, str]
+
+@dataclass(frozen=True)
+class FeedLayout:
+    """The feeds of a client config: an FP32 dense feed (None when the model has no numeric fields) and either
+    one packed INT64 sparse feed (`packed`) or one INT64 feed per feature field, in column order of
+    `sparse_inputs` (PaddleRec's layout: C1..C26 for Criteo); and the fetch alias."""
+
+    dense: FeedVar | None
+    sparse: tuple[FeedVar, ...]
     fetch_alias: str
+    packed: bool
+
+    @property
+    def sparse_width(self) -> int:
+        return sum(v.width for v in self.sparse)
+
+    def feeds(self, dense: np.ndarray, sparse: np.ndarray) -> list[tuple[FeedVar, int, np.ndarray]]:
+        """(feed var, elem_type, [B, width] array) for one batch of packed arrays."""
+        out = [(self.dense, P.FP32, dense)] if self.dense is not None else []
+        start = 0
+        for var in self.sparse:
+            out.append((var, P.INT64, sparse[:, start:start + var.width]))
+            start += var.width
+        return out
 
 
 def read_feed_layout(client_config: str) -> FeedLayout:
     """Parse serving_client_conf.prototxt (or the directory holding it); ValueError if it is not a CTR model's."""
     path = os.path.join(client_config, CLIENT_CONF + TEXT_SUFFIX) if os.path.isdir(client_config) else client_config
     config = read_text(path)
-    dense = [v for v in config.feed_var if v.feed_type == P.FP32 and list(v.shape) == [NUM_DENSE]]
-    sparse = [v for v in config.feed_var if v.feed_type == P.INT64 and list(v.shape) == [NUM_SLOTS]]
-    if len(config.feed_var) != 2 or len(dense) != 1 or len(sparse) != 1 or len(config.fetch_var) != 1:
-        raise ValueError(f"{path}: expected one float32 [{NUM_DENSE}] feed, one int64 [{NUM_SLOTS}] feed and one "
-                         f"fetch var (a ctrkit CTR model), got feeds "
+
+    def var(v) -> FeedVar:
+        return FeedVar(v.name, v.alias_name or v.name, int(np.prod(list(v.shape))) if len(v.shape) else 1)
+
+    dense = [var(v) for v in config.feed_var if v.feed_type == P.FP32]
+    sparse = [var(v) for v in config.feed_var if v.feed_type == P.INT64]
+    others = [v.alias_name for v in config.feed_var if v.feed_type not in (P.FP32, P.INT64)]
+    if len(dense) > 1 or not sparse or others or len(config.fetch_var) != 1:
+        raise ValueError(f"{path}: expected at most one float32 feed, int64 feeds (one packed, or one per field) "
+                         f"and one fetch var (a ctrkit CTR model), got feeds "
                          f"{[(v.alias_name, v.feed_type, list(v.shape)) for v in config.feed_var]}")
     fetch = config.fetch_var[0]
-    return FeedLayout((dense[0].name, dense[0].alias_name), (sparse[0].name, sparse[0].alias_name),
-                      fetch.alias_name or fetch.name)
+    packed = len(sparse) == 1 and sparse[0].width > 1
+    return FeedLayout(dense[0] if dense else None, tuple(sparse), fetch.alias_name or fetch.name, packed)
 
 
 class ServingClient:
@@ -86,19 +113,17 @@ class ServingClient:
 
     def request_bytes(self, dense: np.ndarray, sparse: np.ndarray, log_id: int = 0) -> bytes:
         """The serialised request (protobuf for rpc/http_proto, JSON with proto field names for http)."""
-        (dense_name, dense_alias), (sparse_name, sparse_alias) = self.layout.dense, self.layout.sparse
+        feeds = self.layout.feeds(dense, sparse)
         if self.mode == "http":
-            tensors = [{"float_data": dense.ravel().tolist(), "elem_type": P.FP32, "shape": list(dense.shape),
-                        "name": dense_name, "alias_name": dense_alias},
-                       {"int64_data": sparse.ravel().tolist(), "elem_type": P.INT64, "shape": list(sparse.shape),
-                        "name": sparse_name, "alias_name": sparse_alias}]
+            tensors = [{P.ELEM_FIELDS[elem]: array.ravel().tolist(), "elem_type": elem, "shape": list(array.shape),
+                        "name": var.name, "alias_name": var.alias} for var, elem, array in feeds]
             return json.dumps({"tensor": tensors, "fetch_var_names": [self.layout.fetch_alias],
                                "log_id": log_id}).encode()
         req = P.Request(fetch_var_names=[self.layout.fetch_alias], log_id=log_id)
-        req.tensor.add(float_data=dense.ravel().tolist(), elem_type=P.FP32, shape=dense.shape, name=dense_name,
-                       alias_name=dense_alias)
-        req.tensor.add(int64_data=sparse.ravel().tolist(), elem_type=P.INT64, shape=sparse.shape,
-                       name=sparse_name, alias_name=sparse_alias)
+        for var, elem, array in feeds:
+            # raw little-endian bytes: the cheapest encoding for both sides (Paddle Serving's tensor_content)
+            req.tensor.add(tensor_content=np.ascontiguousarray(array, dtype=P.ELEM_DTYPES[elem]).tobytes(),
+                           elem_type=elem, shape=array.shape, name=var.name, alias_name=var.alias)
         return req.SerializeToString()
 
     def predict(self, dense: np.ndarray, sparse: np.ndarray, log_id: int = 0) -> np.ndarray:
