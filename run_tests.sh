@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
-scripts/ensure_redis.sh
+scripts/ensure_system_packages.sh   # redis-server, chromium + chromium-driver (apt-get when root and missing)
 exec .venv/bin/python -m pytest -q "$@"
