@@ -228,6 +228,9 @@ def test_load_errors_name_the_problem(exported_deepfm, tmp_path):
     os.remove(os.path.join(copy, "tostatic.pdiparams"))
     with pytest.raises(ExportedModelError, match="tostatic.pdiparams is missing"):
         load_exported_model(copy)
+    # model.onnx is found beside serving_server/ (the export directory), and its absence is a clear error
+    assert create_onnx_predictor(os.path.join(copy, "serving_server")).predict(*load_exported_model(exported_deepfm).golden()[:2]).shape
+    os.remove(os.path.join(copy, "model.onnx"))
     with pytest.raises(ExportedModelError, match="has no model.onnx"):
         create_onnx_predictor(os.path.join(copy, "serving_server"))
     # a model file path works too (paddle_infer's --model_file)
