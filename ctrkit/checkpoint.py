@@ -44,6 +44,57 @@ def completed_epochs(save_path: str) -> list[int]:
                   if re.fullmatch(r"\d+", d) and os.path.isfile(os.path.join(save_path, d, PARAMS_FILE)))
 
 
+def checkpoint_dirs(save_path: str) -> list[str]:
+    """The epoch checkpoint directories under `save_path` (numbered, holding parameters), by epoch."""
+    return [os.path.join(save_path, str(epoch)) for epoch in completed_epochs(save_path)]
+
+
+def read_info(checkpoint_dir: str) -> dict | None:
+    """The checkpoint's `checkpoint.json` (None for a checkpoint without one, e.g. PaddleRec's)."""
+    path = os.path.join(checkpoint_dir, INFO_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint record: {exc}") from None
+    return info if isinstance(info, dict) else None
+
+
+def run_differences(recorded: dict, current: dict) -> list[str]:
+    """What makes a checkpoint of config `recorded` unfit for resuming under config `current` (both
+    `Config.to_dict()`): the model, its hyper-parameters, the optimizer class, the dataset. The learning rate and
+    the runner's other keys may change between runs; a hyper-parameter only one side records is no difference."""
+    def flat(config: dict) -> dict:
+        hp = dict(config.get("hyper_parameters") or {})
+        optimizer = hp.pop("optimizer", {}) or {}
+        out = {"runner.model": (config.get("runner") or {}).get("model"),
+               "hyper_parameters.optimizer.class": optimizer.get("class")}
+        out.update({f"hyper_parameters.{k}": v for k, v in hp.items()})
+        out["dataset"] = config.get("dataset") or None
+        return out
+
+    old, new = flat(recorded), flat(current)
+    # hyper-parameters one side does not record (a key added since) are not differences
+    return [f"{key}: {old[key]!r} in the checkpoint, {new[key]!r} now"
+            for key in sorted(set(old) & set(new)) if old[key] != new[key]]
+
+
+def check_same_run(checkpoint_dir: str, config: dict) -> None:
+    """Raise CheckpointError when the checkpoint was written by a run with another model, hyper-parameters or
+    dataset than `config` (a `Config.to_dict()`); checkpoints without a record are checked by shape on loading."""
+    info = read_info(checkpoint_dir)
+    if not info or "config" not in info:
+        return
+    differences = run_differences(info["config"], config)
+    if differences:
+        raise CheckpointError(
+            f"cannot resume from {checkpoint_dir}: it belongs to another run ({'; '.join(differences[:4])}). "
+            f"Use another runner.model_save_path, the same settings, or -o runner.resume=false to remove the "
+            f"earlier run's checkpoints")
+
+
 def params_path(checkpoint_dir: str) -> str:
     """Accepts a checkpoint directory or a `.pdparams` file path."""
     path = checkpoint_dir if checkpoint_dir.endswith(".pdparams") else os.path.join(checkpoint_dir, PARAMS_FILE)

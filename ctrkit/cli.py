@@ -16,17 +16,37 @@ class UserError(Exception):
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        force=True)  # paddle installs a root handler of its own on import
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--config", required=True, help="config.yaml (PaddleRec layout: runner / hyper_parameters)")
-    parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. -o runner.epochs=2 -o hyper_parameters.fc_sizes=[256,128]")
+    add_override_argument(parser)
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    """`-o/--opt KEY=VALUE ...`: PaddleRec's form (several after one -o) and repeated -o, mixed as you like."""
+    parser.add_argument("-o", "--opt", action="extend", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config keys: -o runner.epochs=2 hyper_parameters.fc_sizes=[256,128] "
+                             "(PaddleRec's form) or -o runner.epochs=2 -o ... (values are YAML: ints, floats, "
+                             "bools, lists)")
+
+
+def join_overrides(items: list[str]) -> list[str]:
+    """Overrides as given after -o, with words that hold no '=' joined to the one before: an unquoted list with
+    spaces (`-o hyper_parameters.fc_sizes=[512, 256]`) arrives from the shell as two words."""
+    out: list[str] = []
+    for item in items:
+        if "=" not in item and out and out[-1].count("[") > out[-1].count("]"):
+            out[-1] += " " + item
+        else:
+            out.append(item)
+    return out
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.opt)
+    return load_config(args.config, join_overrides(args.opt or []))
 
 
 def run_cli(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()) -> None:

@@ -1,4 +1,6 @@
-"""Config schema: typed overrides, unknown keys rejected, relative paths resolved."""
+"""Config schema: typed overrides, unknown keys rejected, relative paths resolved, the model from runner.model or
+the config's folder, PaddleRec's keys accepted with one warning, values no run can use rejected."""
+import logging
 import os
 import re
 
@@ -24,8 +26,10 @@ def test_overrides_are_typed():
                                   "hyper_parameters.optimizer.class=SGD", "hyper_parameters.optimizer.learning_rate=1"])
     assert config.get("runner.train_batch_size") == 64
     assert config.hyper_parameters["fc_sizes"] == [32, 16]
-    assert config.hyper_parameters["optimizer"] == {"class": "SGD", "learning_rate": 1.0, "lazy_mode": True,
-                                                    "strategy": "async"}
+    assert config.hyper_parameters["optimizer"] == {"class": "SGD", "learning_rate": 1.0, "lazy_mode": True}
+    # YAML 1.1 reads 1e-3 (no dot) as a string: a float key takes it as the number PaddleRec users mean
+    assert load_config(DEEPFM, ["hyper_parameters.optimizer.learning_rate=1e-3"]).hyper_parameters[
+        "optimizer"]["learning_rate"] == 0.001
 
 
 @pytest.mark.parametrize("override, message", [
@@ -41,7 +45,21 @@ def test_overrides_are_typed():
     ("runner.train_batch_size=0", "runner.train_batch_size must be positive"),
     ("train_batch_size=1", "must start with 'runner.' or 'hyper_parameters.'"),
     ("runner.epochs", "key=value"),
-    ("hyper_parameters.dense_input_dim=12", "dense_input_dim must be 13"),
+    ("hyper_parameters.dense_input_dim=12", "dense_input_dim"),
+    # values of the right type that no run can use (one class: ranges)
+    ("runner.num_workers=-1", "runner.num_workers must be >= 0"),
+    ("runner.seed=-1", "runner.seed must be in [0, 2**32)"),
+    ("runner.seed=4294967296", "runner.seed must be in [0, 2**32)"),
+    ("runner.cpu_threads=-2", "runner.cpu_threads must be >= 0"),
+    ("runner.shuffle_buffer=-1", "runner.shuffle_buffer must be >= 0"),
+    ("runner.infer_start_epoch=-1", "runner.infer_start_epoch must be >= 0"),
+    ("runner.epochs=-3", "runner.epochs must be positive"),
+    ("hyper_parameters.optimizer.learning_rate=.nan", "learning_rate must be a finite number > 0, got nan"),
+    ("hyper_parameters.optimizer.learning_rate=.inf", "learning_rate must be a finite number > 0, got inf"),
+    ("hyper_parameters.optimizer.learning_rate=-.inf", "learning_rate must be a finite number > 0"),
+    ("hyper_parameters.optimizer.learning_rate=0", "learning_rate must be a finite number > 0, got 0.0"),
+    ("hyper_parameters.optimizer.learning_rate=-0.1", "learning_rate must be a finite number > 0"),
+    ("hyper_parameters.optimizer.learning_rate=fast", "learning_rate: expected float"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -49,7 +67,7 @@ def test_bad_overrides_name_the_key(override, message):
 
 
 def test_relative_paths_resolve_against_the_config_file_and_overrides_against_cwd(tmp_path, monkeypatch):
-    path = write(tmp_path, "runner:\n  train_data_dir: data/train\n  model_save_path: /abs/out\n")
+    path = write(tmp_path, "runner:\n  model: deepfm\n  train_data_dir: data/train\n  model_save_path: /abs/out\n")
     config = load_config(path)
     assert config.runner["train_data_dir"] == os.path.join(str(tmp_path), "data", "train")
     assert config.runner["model_save_path"] == "/abs/out"
@@ -57,19 +75,54 @@ def test_relative_paths_resolve_against_the_config_file_and_overrides_against_cw
     assert load_config(path, ["runner.test_data_dir=x/y"]).runner["test_data_dir"] == "/x/y"
 
 
-def test_malformed_files_are_rejected(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
-        load_config(str(tmp_path / "missing.yaml"))
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(write(tmp_path, "runner: [unclosed"))
-    with pytest.raises(ConfigError, match="unknown top-level"):
-        load_config(write(tmp_path, "runer:\n  epochs: 1\n"))
-    with pytest.raises(ConfigError, match="'runner' must be a mapping"):
-        load_config(write(tmp_path, "runner: 3\n"))
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    ("runner: [unclosed", "not valid YAML"),
+    ("runer:\n  epochs: 1\n", "unknown top-level"),
+    ("runner: 3\n", "'runner' must be a mapping"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    (b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00\x00", "not a text file"),
+    ("DIR", "is a directory"),
+])
+def test_malformed_files_are_rejected(tmp_path, content, message):
+    path = tmp_path / "config.yaml"
+    if content == "DIR":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(str(path))
 
 
-def test_paddlerec_runner_keys_are_accepted(tmp_path):
-    path = write(tmp_path, "runner:\n  train_reader_path: criteo_reader\n  use_auc: True\n"
-                           "hyper_parameters:\n  sparse_inputs_slots: 27\n  distributed_embedding: 0\n")
-    config = load_config(path)
+def test_paddlerec_keys_are_accepted_with_one_warning(tmp_path, caplog):
+    path = write(tmp_path, "runner:\n  model: deepfm\n  train_reader_path: criteo_reader\n  use_auc: True\n"
+                           "  use_inference: False\n"
+                           "hyper_parameters:\n  sparse_inputs_slots: 27\n  distributed_embedding: 0\n"
+                           "  optimizer:\n    class: Adam\n    learning_rate: 0.001\n    strategy: async\n")
+    with caplog.at_level(logging.WARNING, logger="ctrkit.config"):
+        config = load_config(path)
     assert "sparse_inputs_slots" not in config.hyper_parameters
+    assert config.ignored_keys == ("runner.train_reader_path", "runner.use_auc", "runner.use_inference",
+                                   "hyper_parameters.distributed_embedding", "hyper_parameters.optimizer.strategy")
+    [record] = [r for r in caplog.records if r.name == "ctrkit.config" and r.levelno == logging.WARNING]
+    for key in config.ignored_keys:
+        assert key in record.getMessage()
+    assert "sparse_inputs_slots" not in record.getMessage()  # checked against the schema, not ignored
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ctrkit.config"):
+        assert load_config(DEEPFM).ignored_keys == ()
+    assert not [r for r in caplog.records if r.name == "ctrkit.config"]
+
+
+def test_the_model_comes_from_runner_model_else_the_config_folder_else_an_error(tmp_path):
+    folder = tmp_path / "rank" / "fm"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("runner:\n  epochs: 1\n")
+    assert load_config(str(folder / "config.yaml")).model_name == "fm"
+    assert load_config(str(folder / "config.yaml"), ["runner.model=dnn"]).model_name == "dnn"
+    path = write(tmp_path, "runner:\n  epochs: 1\n")  # folder name is pytest's, not a model
+    with pytest.raises(ConfigError, match=r"runner.model is not set .* set runner.model .* deepfm"):
+        load_config(path)
+    assert load_config(path, ["runner.model=deepfm"]).model_name == "deepfm"

@@ -15,7 +15,7 @@ import models  # noqa: F401  (registers the model zoo in ctrkit.zoo)
 from ctrkit.cli import add_config_arguments, config_from_args, run_cli, setup_logging
 from ctrkit.data import DataFormatError
 from ctrkit.distributed import DistributedError
-from ctrkit.training import DeviceError, evaluate, format_result
+from ctrkit.training import DeviceError, TrainingError, evaluate, format_result
 
 
 def main() -> int:
@@ -33,4 +33,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, (DataFormatError, DeviceError, DistributedError))
+    run_cli(main, (DataFormatError, DeviceError, DistributedError, TrainingError))

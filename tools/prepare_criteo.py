@@ -15,7 +15,12 @@ import argparse
 import json
 import os
 
-from ctrkit.cli import UserError, run_cli, setup_logging
+from ctrkit.cpu_env import configure_cpu_env
+
+configure_cpu_env()  # before paddle loads (MKL reads it then)
+
+import models  # noqa: F401  (registers the model zoo: the config names a model)
+from ctrkit.cli import UserError, add_override_argument, join_overrides, run_cli, setup_logging
 from ctrkit.config import load_config
 from ctrkit.data import DataFormatError
 from ctrkit.data.spec import DATA_FORMATS, FeatureSpec
@@ -59,7 +64,7 @@ def feature_spec(args: argparse.Namespace) -> FeatureSpec:
     if flags:
         raise UserError(f"with -m the preprocessing comes from the config; drop --{', --'.join(flags)} "
                         f"(or set them with -o)")
-    return load_config(args.config, args.opt).feature_spec()
+    return load_config(args.config, join_overrides(args.opt)).feature_spec()
 
 
 def main() -> int:
@@ -71,7 +76,7 @@ def main() -> int:
                         help=f"split names and ratios summing to 1 (default {default_splits}; train=1 for no split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     parser.add_argument("-m", "--config", help="take the preprocessing from this training config (with -o overrides)")
-    parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    add_override_argument(parser)
     parser.add_argument("--data_format", choices=DATA_FORMATS, help="input format (default auto)")
     parser.add_argument("--sparse_feature_number", type=positive_int,
                         help="id space raw values are hashed into; must match the model's "

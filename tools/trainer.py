@@ -13,7 +13,7 @@ import models  # noqa: F401  (registers the model zoo in ctrkit.zoo)
 from ctrkit.cli import add_config_arguments, config_from_args, run_cli, setup_logging
 from ctrkit.data import DataFormatError
 from ctrkit.distributed import DistributedError
-from ctrkit.training import DeviceError, format_result, train
+from ctrkit.training import DeviceError, TrainingError, format_result, train
 
 
 def main() -> int:
@@ -31,4 +31,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, (DataFormatError, DeviceError, DistributedError))
+    run_cli(main, (DataFormatError, DeviceError, DistributedError, TrainingError))

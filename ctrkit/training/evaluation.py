@@ -16,6 +16,7 @@ from ctrkit.metrics import auc, logloss
 from ctrkit.predictions import write_predictions
 from ctrkit.training.device import start_run
 from ctrkit.training.model import build_configured_model
+from ctrkit.training.progress import visualdl_writer
 from ctrkit.training.sources import eval_batches, open_source
 
 
@@ -55,6 +56,18 @@ def evaluate(config: Config, on_epoch: Callable[[dict], None] | None = None) -> 
     load_path = config.runner["infer_load_path"] or config.runner["model_save_path"]
     model = build_configured_model(config)
     results = []
+    writer = visualdl_writer(config, context, kind="eval")
+    try:
+        results = _evaluate_epochs(config, context, source, load_path, model, writer, on_epoch)
+    finally:
+        if writer is not None:
+            writer.close()
+    context.barrier()
+    return results
+
+
+def _evaluate_epochs(config, context, source, load_path, model, writer, on_epoch) -> list[dict]:
+    results = []
     for epoch in range(config.runner["infer_start_epoch"], config.runner["infer_end_epoch"]):
         checkpoint.load_model_state(model, os.path.join(load_path, str(epoch)))
         start = time.perf_counter()
@@ -63,6 +76,10 @@ def evaluate(config: Config, on_epoch: Callable[[dict], None] | None = None) -> 
         probs = _gather_in_order(prob_parts, context)
         labels = _gather_in_order(label_parts, context) if all(labeled) else None
         seconds = time.perf_counter() - start
+        if probs.size == 0:
+            from ctrkit.training.loop import TrainingError
+
+            raise TrainingError(f"runner.test_data_dir={config.runner['test_data_dir']}: no test rows (empty files)")
         result = {"epoch": epoch,
                   "auc": auc(labels, probs) if labels is not None else None,
                   "logloss": logloss(labels, probs) if labels is not None else None,
@@ -76,8 +93,10 @@ def evaluate(config: Config, on_epoch: Callable[[dict], None] | None = None) -> 
             if context.is_main:
                 write_predictions(out, probs)
             result["predictions"] = out
+        if writer is not None and result["auc"] is not None:
+            writer.add_scalar(tag="eval/auc", step=epoch, value=result["auc"])
+            writer.add_scalar(tag="eval/logloss", step=epoch, value=result["logloss"])
         if on_epoch is not None:
             on_epoch(result)
         results.append(result)
-    context.barrier()
     return results

@@ -1,9 +1,17 @@
-"""Training progress: a progress bar, periodic log lines with loss and AUC, VisualDL scalars."""
+"""Training progress: a progress bar, periodic log lines with loss and AUC, VisualDL scalars.
+
+The bar shows a total and an ETA when the epoch's size is known (shard directories; text data from the second epoch
+on, by the first epoch's count) and is replaced by the periodic log lines (every `runner.print_interval` steps,
+with the ETA when known) when stderr is not a terminal or CTRKIT_NO_PROGRESS=1. VisualDL (`runner.use_visual`)
+writes each run to its own directory `<runner.visual_log_path>/<model>-<train|eval>-<UTC time>`."""
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
 import time
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -18,14 +26,17 @@ class Progress:
     """Progress bar (this worker's samples), periodic log lines with loss and AUC over the recent window of all
     workers, optional VisualDL (rank 0)."""
 
-    def __init__(self, config: Config, epoch: int, writer, global_step: int, context: Context):
+    def __init__(self, config: Config, epoch: int, writer, global_step: int, context: Context,
+                 total: int | None = None):
+        """`total`: this worker's samples in the epoch when known (None: unknown)."""
         from tqdm import tqdm
 
         self.print_interval = config.runner["print_interval"]
         self.context = context
+        self.total = total or None
         label = f"epoch {epoch}" + (f" worker {context.rank}/{context.world}" if context.distributed else "")
-        self.bar = tqdm(desc=label, unit=" samples", unit_scale=True, mininterval=1.0,
-                        disable=os.environ.get("CTRKIT_NO_PROGRESS") == "1" or not context.is_main)
+        self.bar = tqdm(desc=label, total=self.total, unit=" samples", unit_scale=True, mininterval=1.0,
+                        disable=not show_progress_bar() or not context.is_main)
         self.epoch, self.writer, self.global_step = epoch, writer, global_step
         self.start = time.perf_counter()
         self.samples = self.steps = 0
@@ -50,19 +61,32 @@ class Progress:
         samples, loss_sum = self.context.sum([self.samples, self.loss_sum])
         return samples, loss_sum
 
+    def _check_finite(self, loss_sum: float) -> None:
+        """Every worker sees the same summed loss, so all stop together when it is not finite."""
+        if not math.isfinite(loss_sum):
+            from ctrkit.training.loop import check_finite_loss
+
+            check_finite_loss(loss_sum, self.epoch, self.steps)
+
     def _report(self) -> None:
         window = self.context.gather((np.concatenate(self.window_labels), np.concatenate(self.window_probs)))
-        window_auc = auc(np.concatenate([w[0] for w in window]), np.concatenate([w[1] for w in window]))
         self.window_labels.clear()
         self.window_probs.clear()
         samples, loss_sum = self._totals()
+        self._check_finite(loss_sum)
+        window_auc = auc(np.concatenate([w[0] for w in window]), np.concatenate([w[1] for w in window]))
         avg_loss = loss_sum / max(samples, 1)
-        rate = samples / (time.perf_counter() - self.start)
+        seconds = time.perf_counter() - self.start
+        rate = samples / seconds
         if not self.context.is_main:
             return
         self.bar.set_postfix(loss=f"{avg_loss:.4f}", auc=f"{window_auc:.4f}")
-        log.info("epoch %d step %d: loss %.5f, auc(last %d steps) %.5f, %.0f samples/s", self.epoch, self.steps,
-                 avg_loss, self.print_interval, window_auc, rate)
+        eta = ""
+        if self.total and self.samples:
+            left = max(self.total - self.samples, 0) * seconds / self.samples
+            eta = f", {100 * min(self.samples / self.total, 1):.0f}% of {self.total} samples, eta {_duration(left)}"
+        log.info("epoch %d step %d: loss %.5f, auc(last %d steps) %.5f, %.0f samples/s%s", self.epoch, self.steps,
+                 avg_loss, self.print_interval, window_auc, rate, eta)
         if self.writer is not None:
             self.writer.add_scalar(tag="train/loss", step=self.global_step, value=avg_loss)
             self.writer.add_scalar(tag="train/auc", step=self.global_step, value=window_auc)
@@ -71,17 +95,35 @@ class Progress:
     def close(self) -> dict:
         self.bar.close()
         samples, loss_sum = self._totals()
+        self._check_finite(loss_sum)
         seconds = time.perf_counter() - self.start
         return {"epoch": self.epoch, "steps": self.steps, "samples": int(samples),
                 "loss": loss_sum / max(samples, 1), "seconds": seconds,
                 "samples_per_s": samples / seconds if seconds > 0 else 0.0}
 
+def show_progress_bar() -> bool:
+    """A bar only on a terminal (log lines otherwise) and unless CTRKIT_NO_PROGRESS=1."""
+    return os.environ.get("CTRKIT_NO_PROGRESS") != "1" and sys.stderr.isatty()
 
 
-def visualdl_writer(config: Config, context: Context):
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def visualdl_writer(config: Config, context: Context, kind: str = "train"):
+    """A VisualDL LogWriter on this run's own directory (rank 0 with runner.use_visual), else None."""
     if not config.runner["use_visual"] or not context.is_main:
         return None
     from visualdl import LogWriter
 
-    return LogWriter(logdir=config.runner["visual_log_path"])
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    root = config.runner["visual_log_path"]
+    logdir = os.path.join(root, f"{config.model_name}-{kind}-{stamp}")
+    suffix = 1
+    while os.path.exists(logdir):  # two runs in the same second
+        suffix += 1
+        logdir = os.path.join(root, f"{config.model_name}-{kind}-{stamp}-{suffix}")
+    log.info("VisualDL: writing %s scalars to %s (view: visualdl --logdir %s)", kind, logdir, root)
+    return LogWriter(logdir=logdir)
 

@@ -3,9 +3,12 @@ parsing ahead) or a shard directory written by `tools/prepare_criteo.py` (recogn
 process, since it costs a copy, not a parse). Distributed runs read disjoint data (see ctrkit/training/__init__.py)."""
 from __future__ import annotations
 
+import pickle
+import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import paddle
 
 from ctrkit.config import Config, ConfigError
@@ -67,8 +70,43 @@ def train_batches(config: Config, source: DataSource, epoch: int,
     spec = config.feature_spec()
     if config.runner["num_workers"] == 0:
         return to_tensors(iter_batches(source.files, spec, batch_size, **options))
-    dataset = BatchDataset(source.files, spec, batch_size, **options)
-    return paddle.io.DataLoader(dataset, batch_size=None, num_workers=config.runner["num_workers"])
+    dataset = _ErrorsAsItems(BatchDataset(source.files, spec, batch_size, **options))
+    return raise_worker_errors(paddle.io.DataLoader(dataset, batch_size=None,
+                                                    num_workers=config.runner["num_workers"]))
+
+
+class _ErrorsAsItems(paddle.io.IterableDataset):
+    """Runs in a DataLoader worker: an exception ends the stream with one extra item, `(pickled exception,)` as a
+    uint8 array, instead of crossing Paddle's worker boundary (which re-creates it as `type(message)`, fails for
+    DataFormatError and leaves only "Blocking queue is killed"). `raise_worker_errors` raises it in the trainer,
+    so a bad line reads exactly as with num_workers 0."""
+
+    def __init__(self, dataset: paddle.io.IterableDataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def __iter__(self):
+        try:
+            yield from self.dataset
+        except Exception as exc:  # noqa: BLE001 - re-raised in the trainer process
+            text = "".join(traceback.format_exception(exc))
+            try:
+                payload = pickle.dumps((exc, text))
+                pickle.loads(payload)
+            except Exception:  # noqa: BLE001 - an exception that does not survive pickling
+                payload = pickle.dumps((RuntimeError(f"DataLoader worker failed: {exc!r}"), text))
+            yield (np.frombuffer(payload, dtype=np.uint8).copy(),)
+
+
+def raise_worker_errors(loader: Iterable) -> Iterator[tuple]:
+    """The loader's batches; a worker's exception (see `_ErrorsAsItems`) is raised here, in the trainer, as itself.
+    An unexpected one (not a user error) carries the worker's traceback as a note."""
+    for item in loader:
+        if len(item) == 1:
+            exc, text = pickle.loads(np.asarray(item[0]).tobytes())
+            exc.add_note(f"(raised in a DataLoader worker process)\n{text}")
+            raise exc
+        yield item
 
 
 def eval_batches(config: Config, source: DataSource, context: Context) -> Iterator[Batch]:
