@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http_threads", type=int, default=16, help="threads decoding and predicting HTTP requests")
     p.add_argument("--grpc_threads", "--thread", dest="grpc_threads", type=int, default=16,
                    help="gRPC request threads")
-    p.add_argument("--max_body_mb", type=float, default=64, help="largest request body (also once decompressed) "
+    p.add_argument("--max_body_mb", type=float, default=8, help="largest request body (also once decompressed) "
                    "and gRPC message")
     p.add_argument("--keep_alive_s", type=int, default=60, help="idle keep-alive connections close after this")
     p.add_argument("--drain_timeout_s", type=float, default=30, help="on SIGTERM, how long in-flight requests may "

@@ -1,0 +1,114 @@
+"""Start and watch the servers the serving benchmarks measure (serving.rpc, serving.oip, the echo server)."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READY = {
+    "rpc": re.compile(r"serving\.rpc ready: version \S+ grpc [\d.]+:(?P<grpc>\d+) http [\d.]+:(?P<http>\d+)"),
+    "oip": re.compile(r"serving\.oip ready: model \S+ version \S+ http [\d.]+:(?P<http>\d+) grpc [\d.]+:(?P<grpc>\d+)"),
+    "echo": re.compile(r"echo ready: grpc [\d.]+:(?P<grpc>\d+) http [\d.]+:(?P<http>\d+)"),
+}
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def server_command(kind: str, model: str, backend: str, flags: list[str]) -> list[str]:
+    if kind == "echo":
+        return [sys.executable, os.path.join(REPO, "benchmarks", "echo_server.py"), *flags]
+    if kind == "rpc":
+        serving = os.path.join(model, "serving_server")
+        return [sys.executable, "-m", "serving.rpc", "--model", serving if os.path.isdir(serving) else model,
+                "--port", "0", "--http_port", "0", "--backend", backend, "--version_poll_s", "0",
+                "--log_level", "WARNING", *flags]
+    if kind == "oip":
+        return [sys.executable, "-m", "serving.oip", "--model", model, "--http_port", "0", "--grpc_port", "0",
+                "--backend", backend, "--version_poll_s", "0", "--log_level", "WARNING", *flags]
+    raise BenchError(f"unknown server kind {kind!r}")
+
+
+class Server:
+    """A server process, ready (ports read from its ready line) or BenchError with the tail of its log."""
+
+    def __init__(self, kind: str, model: str = "", backend: str = "paddle", flags: list[str] | None = None,
+                 log_path: str | None = None, timeout_s: float = 300):
+        self.kind, self.backend = kind, backend
+        self.command = server_command(kind, model, backend, flags or [])
+        self.log_path = log_path or os.devnull
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=REPO)
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        match = READY[kind].search(line[0] if line else "")
+        if not match:
+            self.stop()
+            raise BenchError(f"{kind} server did not start: {' '.join(self.command)}\n{self.log_tail()}")
+        self.grpc_port, self.http_port = int(match["grpc"]), int(match["http"])
+
+    def address(self, transport: str) -> str:
+        return f"127.0.0.1:{self.grpc_port if transport.endswith('grpc') else self.http_port}"
+
+    def processes(self) -> list[psutil.Process]:
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and its workers so far."""
+        total = 0.0
+        for p in self.processes():
+            try:
+                total += sum(p.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process that serves (the largest, with --workers: the biggest worker)."""
+        sizes = []
+        for p in self.processes():
+            try:
+                sizes.append(p.memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
+        return round(max(sizes) / 2 ** 20, 1) if sizes else 0.0
+
+    def log_tail(self, n: int = 3000) -> str:
+        if self.log_path == os.devnull:
+            return ""
+        with open(self.log_path, errors="replace") as f:
+            return f.read()[-n:]
+
+    def stop(self, timeout_s: float = 60) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def wait_quiet(max_load: float, timeout_s: float) -> float:
+    """Wait (up to timeout_s) until the 1-minute load average is at most max_load; returns it."""
+    deadline = time.monotonic() + timeout_s
+    while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    return round(os.getloadavg()[0], 2)
