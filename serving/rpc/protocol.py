@@ -216,7 +216,7 @@ def _json_values(t: dict, key: str, elem: int) -> np.ndarray:
         raise RequestError(BAD_REQUEST, f"tensor '{key}': {field} must be a JSON list")
     try:
         arr = np.asarray(raw)
-    except ValueError:
+    except (ValueError, TypeError, RecursionError, OverflowError):
         raise RequestError(WRONG_SHAPE, f"tensor '{key}': {field} must be a flat list of numbers") from None
     if arr.ndim != 1:
         raise RequestError(WRONG_SHAPE, f"tensor '{key}': {field} must be a flat list of numbers")
@@ -234,8 +234,10 @@ def decode_json(body: bytes) -> InferenceRequest:
     """Parse a JSON `Request` written with the proto field names (as Paddle Serving's HttpClient sends it)."""
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise RequestError(BAD_REQUEST, f"body is not valid JSON ({e})") from None
+    except RecursionError:  # e.g. [[[[...]]]] thousands deep: the parser's recursion limit, not a server fault
+        raise RequestError(BAD_REQUEST, "body is not a Request: JSON nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as e:  # also ints beyond Python's digit limit
+        raise RequestError(BAD_REQUEST, f"body is not valid JSON ({str(e)[:200]})") from None
     if not isinstance(obj, dict):
         raise RequestError(BAD_REQUEST, "body must be a JSON object with 'tensor' and 'fetch_var_names'")
     unknown = set(obj) - {"tensor", "fetch_var_names", "profile_server", "log_id"}
