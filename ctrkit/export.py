@@ -2,8 +2,9 @@
 
 `export_model` writes `<prefix>.json` + `<prefix>.pdiparams` (`paddle.jit.save`, InputSpec from the model's
 own `input_specs()`), and `model_meta.json` beside them: model name and hyper-parameters, inputs and output,
-the feature spec (how text lines become inputs), the Paddle version and a golden batch (real input rows and
-the dygraph outputs). Before anything is published the static model is run through the predictor factory
+the feature schema (`schema`: which fields, how text lines become inputs; `feature_spec` too for Criteo-shaped
+models, for older readers), the Paddle version and a golden batch (input rows following the schema and the
+dygraph outputs). Before anything is published the static model is run through the predictor factory
 (oneDNN off and, where built in, on) and must match dygraph within 1e-5. Optionally it adds Paddle
 Serving's layout (`serving_server/`, `serving_client/`) and an ONNX model, checked the same way.
 
@@ -12,6 +13,7 @@ leaves a half-written model where a server might load it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -19,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import paddle
@@ -27,9 +30,10 @@ from ctrkit import inference, serving_config
 from ctrkit.checkpoint import load_model_state
 from ctrkit.config import Config
 from ctrkit.data.spec import FeatureSpec
+from ctrkit.schema import FeatureSchema, as_schema
 from ctrkit.fsutil import staged_directory
 from ctrkit.inference import META_FILE, META_FORMAT_VERSION, ONNX_FILE, PredictorOptions
-from ctrkit.zoo import build_model
+from ctrkit.zoo import ModelMismatchError, build_model_for_checkpoint, schema_signature
 
 log = logging.getLogger("ctrkit.export")
 
@@ -44,7 +48,49 @@ class ExportError(RuntimeError):
     """The model cannot be exported, or the exported model does not reproduce the dygraph outputs."""
 
 
-def read_golden_rows(path: str, spec: FeatureSpec, rows: int = GOLDEN_ROWS) -> tuple[np.ndarray, np.ndarray]:
+# Lines that native code prints to stderr during a SUCCESSFUL export and that look like errors but are not; every
+# export is checked against the dygraph model on its golden batch, so a real problem fails that check instead.
+HARMLESS_NATIVE_WARNINGS = (
+    # Paddle 3.3.1 logs this (glog WARNING, eager_utils.cc) once for every elementwise add/subtract traced into a
+    # PIR program; the saved program is correct.
+    "not support input out tensor for now",
+    # ONNX Runtime notes constants that paddle2onnx left unused (shape helpers of the converted graph).
+    "CleanUnusedInitializersAndNodeArgs",
+)
+
+
+@contextlib.contextmanager
+def quiet_paddle_warnings():
+    """Hide the native (C++) stderr lines in HARMLESS_NATIVE_WARNINGS while the block runs; every other line
+    written to stderr meanwhile is passed on unchanged afterwards, and the count of hidden ones is logged at DEBUG."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            hidden = 0
+            for line in captured.read().decode("utf-8", errors="replace").splitlines():
+                if any(pattern in line for pattern in HARMLESS_NATIVE_WARNINGS):
+                    hidden += 1
+                else:
+                    sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+            if hidden:
+                log.debug("hid %d harmless native warning line(s) (see HARMLESS_NATIVE_WARNINGS)", hidden)
+
+
+def read_golden_rows(path: str, spec: FeatureSpec | FeatureSchema,
+                     rows: int = GOLDEN_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """The first `rows` input rows of a data file or directory, parsed by the shared data layer."""
     from ctrkit.data import iter_batches
 
@@ -57,13 +103,40 @@ def read_golden_rows(path: str, spec: FeatureSpec, rows: int = GOLDEN_ROWS) -> t
     return batch.dense, batch.sparse
 
 
-def export_model(model: paddle.nn.Layer, output_dir: str, *, feature_spec: FeatureSpec, golden_dense: np.ndarray,
-                 golden_sparse: np.ndarray, golden_source: str, model_prefix: str = DEFAULT_PREFIX,
-                 serving: bool = False, onnx: bool = False, source: dict | None = None) -> str:
-    """Export `model` (a zoo CTRModel) to `output_dir`; returns the directory. Raises ExportError."""
+def generated_golden_rows(schema: FeatureSchema, rows: int = GOLDEN_ROWS,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` input rows that follow `schema`, for a golden batch when there is no data: numeric values in [0, 1)
+    (Criteo's scaled range), ids spread over the whole id space with a few missing (0), multi-valued fields with
+    0..max_len ids (0-padded). Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    dense = rng.random((rows, schema.n_dense), dtype=np.float32)
+    sparse = rng.integers(1, schema.sparse_feature_number, (rows, schema.sparse_width), dtype=np.int64)
+    sparse[rng.random(sparse.shape) < 0.05] = 0
+    for f in schema.field_layout():
+        if f.kind == "multi":
+            lengths = rng.integers(0, f.width + 1, rows)
+            sparse[:, f.start:f.start + f.width][np.arange(f.width)[None, :] >= lengths[:, None]] = 0
+    return dense, sparse
+
+
+def export_model(model: paddle.nn.Layer, output_dir: str, *, golden_dense: np.ndarray, golden_sparse: np.ndarray,
+                 golden_source: str, feature_spec: FeatureSpec | FeatureSchema | None = None,
+                 model_prefix: str = DEFAULT_PREFIX, serving: bool = False, onnx: bool = False,
+                 source: dict | None = None) -> str:
+    """Export `model` (a zoo CTRModel) to `output_dir`; returns the directory. Raises ExportError.
+    The schema written is the model's (`model.schema`); `feature_spec` (a Criteo FeatureSpec or a schema), when
+    given, replaces it and must fit the model (e.g. a spec with the data format and dense scaling of the run)."""
     _check_prefix(model_prefix)
     output_dir = os.path.abspath(output_dir)
     _check_replaceable(output_dir)
+    schema = _export_schema(model, feature_spec)
+    golden_dense = np.ascontiguousarray(golden_dense, dtype=np.float32)
+    golden_sparse = np.ascontiguousarray(golden_sparse, dtype=np.int64)
+    rows = len(golden_sparse)
+    for what, array, width in (("dense", golden_dense, schema.n_dense), ("sparse", golden_sparse, schema.sparse_width)):
+        if array.shape != (rows, width):
+            raise ExportError(f"golden batch: {what} rows have shape {list(array.shape)}, the schema "
+                              f"{schema.name!r} needs [{rows}, {width}]")
     model.eval()
     with paddle.no_grad():
         prob = model(paddle.to_tensor(golden_dense), paddle.to_tensor(golden_sparse)).numpy().reshape(-1)
@@ -72,10 +145,11 @@ def export_model(model: paddle.nn.Layer, output_dir: str, *, feature_spec: Featu
                     "the model scores differently", len(prob), prob[0])
     with staged_directory(output_dir) as staging:
         try:
-            paddle.jit.save(model, os.path.join(staging, model_prefix), input_spec=model.input_specs())
+            with quiet_paddle_warnings():
+                paddle.jit.save(model, os.path.join(staging, model_prefix), input_spec=model.input_specs())
         except Exception as exc:  # to_static rejects what it cannot trace (e.g. an unused input)
             raise ExportError(f"paddle.jit.save cannot export model {model.model_name}: {exc}") from exc
-        meta = _metadata(model, staging, model_prefix, feature_spec, golden_dense, golden_sparse, prob,
+        meta = _metadata(model, staging, model_prefix, schema, golden_dense, golden_sparse, prob,
                          golden_source, source)
         _write_meta(staging, meta)
         meta["export_check"] = _check_paddle(staging)
@@ -89,36 +163,66 @@ def export_model(model: paddle.nn.Layer, output_dir: str, *, feature_spec: Featu
 
 
 def export_from_config(config: Config, output_dir: str, *, model_prefix: str = DEFAULT_PREFIX,
-                       serving: bool = False, onnx: bool = False, golden_data: str | None = None) -> str:
-    """Build the configured model, load `runner.model_init_path`, and export it (golden rows from
-    `golden_data`, else the config's test_data_dir, else its train_data_dir)."""
+                       serving: bool = False, onnx: bool = False, golden_data: str | None = None,
+                       explicit_overrides: list[str] | None = None) -> str:
+    """Build the model of checkpoint `runner.model_init_path` (its recorded hyper-parameters and schema, see
+    `ctrkit.zoo.build_model_for_checkpoint`), load it, and export it. Golden rows: `golden_data`, else the
+    config's test_data_dir, else its train_data_dir, else generated rows that follow the model's schema (a
+    checkpoint alone exports, as with PaddleRec); one log line says which. `explicit_overrides`: the dotted keys
+    the user gave with -o (a recorded hyper-parameter they contradict is an error naming both values)."""
     checkpoint_dir = config.runner["model_init_path"]
     if not checkpoint_dir:
         raise ExportError("runner.model_init_path is not set: pass -o runner.model_init_path=<checkpoint dir>, "
                           "e.g. output/deepfm/checkpoints/0")
-    model = build_model(config.model_name, config.hyper_parameters)
+    try:
+        model = build_model_for_checkpoint(config, checkpoint_dir, schema_from_checkpoint=True,
+                                           explicit=explicit_overrides, logger=log)
+    except ModelMismatchError as exc:
+        raise ExportError(str(exc)) from None
     load_model_state(model, checkpoint_dir)
+    schema = model.schema
     golden_path = _golden_path(config, golden_data)
-    spec = config.feature_spec()
-    dense, sparse = read_golden_rows(golden_path, spec)
-    return export_model(model, output_dir, feature_spec=spec, golden_dense=dense, golden_sparse=sparse,
-                        golden_source=golden_path, model_prefix=model_prefix, serving=serving, onnx=onnx,
+    if golden_path is None:
+        dense, sparse = generated_golden_rows(schema)
+        golden_source = f"generated ({len(dense)} rows following schema {schema.name!r})"
+        log.info("golden batch: %d generated rows following the model's schema %r (no data at "
+                 "runner.test_data_dir / runner.train_data_dir; pass --golden_data FILE to use real rows)",
+                 len(dense), schema.name)
+    else:
+        dense, sparse = read_golden_rows(golden_path, schema)
+        golden_source = golden_path
+        log.info("golden batch: the first %d rows of %s", len(dense), golden_path)
+    return export_model(model, output_dir, golden_dense=dense, golden_sparse=sparse,
+                        golden_source=golden_source, model_prefix=model_prefix, serving=serving, onnx=onnx,
                         source={"config": config.path, "checkpoint": os.path.abspath(checkpoint_dir)})
 
 
-def _golden_path(config: Config, golden_data: str | None) -> str:
+def _golden_path(config: Config, golden_data: str | None) -> str | None:
+    """--golden_data (must exist), else the configured test or train data when it exists, else None."""
     if golden_data:
         if not os.path.exists(golden_data):
             raise ExportError(f"--golden_data {golden_data} does not exist")
         return golden_data
-    tried = []
     for key in ("test_data_dir", "train_data_dir"):
         path = config.runner[key]
-        if path and os.path.exists(path):
+        if path and os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
             return path
-        tried.append(f"runner.{key}={path or '(unset)'}")
-    raise ExportError(f"no data for the golden batch: {', '.join(tried)} not found; generate the data "
-                      "or pass --golden_data FILE (a slot or raw Criteo file)")
+    return None
+
+
+def _export_schema(model, feature_spec: FeatureSpec | FeatureSchema | None) -> FeatureSchema:
+    schema = getattr(model, "schema", None)
+    if feature_spec is None:
+        if schema is None:
+            raise ExportError("the model has no feature schema (not a ctrkit.zoo.CTRModel): pass feature_spec=")
+        return schema
+    given = as_schema(feature_spec)
+    if schema is not None and (schema_signature(given) != schema_signature(schema)
+                               or given.sparse_feature_number != schema.sparse_feature_number):
+        raise ExportError(f"feature spec/schema {given.name!r} ({given.n_dense} numeric, {given.sparse_width} id "
+                          f"columns, {given.sparse_feature_number} ids) does not fit the model's schema "
+                          f"{schema.name!r} ({schema.n_dense}, {schema.sparse_width}, {schema.sparse_feature_number})")
+    return given
 
 
 def _check_prefix(prefix: str) -> None:
@@ -136,8 +240,9 @@ def _check_replaceable(output_dir: str) -> None:
                           "(not an earlier export); choose another --output_dir")
 
 
-def _metadata(model, staging: str, prefix: str, spec: FeatureSpec, dense: np.ndarray, sparse: np.ndarray,
+def _metadata(model, staging: str, prefix: str, schema: FeatureSchema, dense: np.ndarray, sparse: np.ndarray,
               prob: np.ndarray, golden_source: str, source: dict | None) -> dict:
+    spec = schema.feature_spec()  # the Criteo FeatureSpec, None for any other schema
     inputs = [{"name": s.name, "dtype": _dtype_name(s.dtype), "shape": [-1 if d is None else int(d) for d in s.shape]}
               for s in model.input_specs()]
     return {
@@ -150,7 +255,9 @@ def _metadata(model, staging: str, prefix: str, spec: FeatureSpec, dense: np.nda
         "inputs": inputs,
         "output": {"name": _output_name(staging, prefix), "alias": OUTPUT_ALIAS, "dtype": "float32",
                    "shape": [-1, 1]},
-        "feature_spec": spec.to_dict(),
+        "schema": schema.to_dict(),
+        "feature_spec": spec.to_dict() if spec is not None else None,
+        "serving_feeds": [{k: f[k] for k in ("name", "dtype", "shape")} for f in serving_config.field_feeds(schema)],
         "paddle_version": paddle.__version__,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": source or {},
@@ -215,7 +322,8 @@ def _export_onnx(staging: str, prefix: str) -> dict:
         raise ExportError(f"paddle2onnx {paddle2onnx.__version__} could not convert the {prefix}.json of this model "
                           f"(exit status {result.returncode}): {' | '.join(errors[-3:]) or 'no error message'}; "
                           "export without --onnx")
-    predictor = inference.create_onnx_predictor(staging, check_golden=False)
+    with quiet_paddle_warnings():
+        predictor = inference.create_onnx_predictor(staging, check_golden=False)
     try:
         diff = inference.verify_golden(predictor, "onnxruntime", EXPORT_ATOL)
     except inference.GoldenMismatchError as exc:
@@ -226,8 +334,9 @@ def _export_onnx(staging: str, prefix: str) -> dict:
 
 def _write_serving(staging: str, meta: dict) -> None:
     """Paddle Serving's layout: the server directory holds the model and its config, the client directory
-    only the config (same message, as clients read it)."""
-    config = serving_config.build_config(meta["inputs"], [meta["output"]])
+    only the config (same message, as clients read it). Feeds: one per field, as PaddleRec's export declares
+    them (`serving_config.field_feeds`); the servers also accept the packed `dense_input` / `sparse_inputs`."""
+    config = serving_config.build_schema_config(FeatureSchema.from_dict(meta["schema"]), [meta["output"]])
     server_dir = os.path.join(staging, serving_config.SERVER_DIR)
     os.makedirs(server_dir)
     for name in (meta["model_file"], meta["params_file"], META_FILE):

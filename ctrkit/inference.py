@@ -171,8 +171,20 @@ class ExportedModel:
         return self.meta["model_name"]
 
     @property
-    def feature_spec(self) -> FeatureSpec:
-        return FeatureSpec.from_dict(self.meta["feature_spec"])
+    def feature_spec(self) -> FeatureSpec | None:
+        """The Criteo FeatureSpec (None for a model of another schema: use `schema`)."""
+        spec = self.meta.get("feature_spec")
+        return FeatureSpec.from_dict(spec) if spec else None
+
+    @property
+    def schema(self):
+        """The model's `ctrkit.schema.FeatureSchema` (model_meta `schema`; an older export without one: the
+        Criteo schema of its `feature_spec`)."""
+        from ctrkit.schema import FeatureSchema, schema_from_feature_spec
+
+        if self.meta.get("schema"):
+            return FeatureSchema.from_dict(self.meta["schema"])
+        return schema_from_feature_spec(FeatureSpec.from_dict(self.meta["feature_spec"]))
 
     @property
     def input_names(self) -> list[str]:
@@ -183,9 +195,10 @@ class ExportedModel:
         return self.meta["output"]["name"]
 
     def golden(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(dense float32 [N,13], sparse int64 [N,26], prob float32 [N]) recorded at export."""
+        """(dense float32 [N,n_dense], sparse int64 [N,sparse_width], prob float32 [N]) recorded at export."""
         g = self.meta["golden"]
-        return (np.asarray(g["dense"], dtype=np.float32), np.asarray(g["sparse"], dtype=np.int64),
+        dense = np.asarray(g["dense"], dtype=np.float32).reshape(len(g["dense"]), self.meta["inputs"][0]["shape"][1])
+        return (dense, np.asarray(g["sparse"], dtype=np.int64),
                 np.asarray(g["prob"], dtype=np.float32))
 
 
@@ -288,7 +301,7 @@ class _InputCheck:
         dense_var, sparse_var = model.meta["inputs"]
         self.dense_width = dense_var["shape"][1]
         self.sparse_width = sparse_var["shape"][1]
-        self.id_limit = model.feature_spec.sparse_feature_number
+        self.id_limit = model.schema.sparse_feature_number
 
     def __call__(self, dense, sparse) -> tuple[np.ndarray, np.ndarray]:
         dense = np.ascontiguousarray(dense, dtype=np.float32)

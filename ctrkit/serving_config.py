@@ -79,6 +79,30 @@ def build_config(inputs: list[dict], outputs: list[dict]):
     return config
 
 
+def field_feeds(schema) -> list[dict]:
+    """Paddle Serving feeds of a feature schema, one per field as PaddleRec declares them: `dense_input`
+    (float32 [n_dense], only when the schema has numeric fields), then one int64 feed per categorical field named
+    after it, shape [1] for a single-valued field and [max_len] for a multi-valued one, in the schema's column
+    order (for Criteo: `dense_input`, `C1`..`C26`). `start`/`width`: the field's columns in `sparse_inputs`
+    (what a server packs a per-field request into). Shapes include the batch dimension (-1), as model_meta's."""
+    feeds = []
+    if schema.n_dense:
+        feeds.append({"name": "dense_input", "dtype": "float32", "shape": [-1, schema.n_dense], "kind": "dense",
+                      "start": 0, "width": schema.n_dense})
+    for f in schema.field_layout():
+        if f.name in ("dense_input", "sparse_inputs"):
+            raise ServingConfigError(f"field {f.name!r} has the name of a model input; rename it in the schema")
+        feeds.append({"name": f.name, "dtype": "int64", "shape": [-1, f.width], "kind": f.kind,
+                      "start": f.start, "width": f.width})
+    return feeds
+
+
+def build_schema_config(schema, outputs: list[dict]):
+    """GeneralModelConfig with one feed per field (`field_feeds`), as PaddleRec's own serving export writes it;
+    the server packs them into the model's `dense_input` / `sparse_inputs` (and also accepts those two packed)."""
+    return build_config(field_feeds(schema), outputs)
+
+
 def _type_code(var: dict) -> int:
     if var["dtype"] not in TYPE_CODES:
         raise ServingConfigError(f"variable {var['name']}: dtype {var['dtype']!r} has no Paddle Serving type code "

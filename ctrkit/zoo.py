@@ -185,3 +185,89 @@ def get_model_class(name: str) -> type:
 def build_model(name: str, hyper_parameters: dict, schema: FeatureSchema | None = None) -> CTRModel:
     """Instantiate model `name` from (validated) hyper-parameters for `schema` (Criteo when None)."""
     return get_model_class(name)(hyper_parameters, schema)
+
+
+# ---------------------------------------------------------------------------------------- models of checkpoints
+
+class ModelMismatchError(ValueError):
+    """A checkpoint's recorded model, hyper-parameters or schema conflict with what was asked for explicitly."""
+
+
+def schema_signature(schema: FeatureSchema) -> tuple:
+    """What a model's layout depends on: numeric field count and the fields of `sparse_inputs` (name, kind, width,
+    pooling). Two schemas with one signature (and one id-space size) fit the same checkpoint."""
+    return (schema.n_dense, tuple(schema.field_layout()))
+
+
+def describe_schema(schema: FeatureSchema) -> str:
+    """One line: `'avazu': 0 numeric, 22 single-valued, 0 multi-valued fields, 1000001 ids`."""
+    return (f"{schema.name!r}: {schema.n_dense} numeric, {schema.n_single} single-valued, "
+            f"{len(schema.multi_valued)} multi-valued field(s), {schema.sparse_feature_number} ids")
+
+
+def recorded_model(checkpoint_dir: str) -> dict | None:
+    """What the checkpoint records about its model: {"model_name", "hyper_parameters", "schema" (FeatureSchema)};
+    None for a checkpoint without a record (e.g. PaddleRec's own)."""
+    from ctrkit.checkpoint import read_info
+
+    info = read_info(checkpoint_dir)
+    if not info:
+        return None
+    config = info.get("config") or {}
+    hp = dict(info.get("hyper_parameters") or config.get("hyper_parameters") or {})
+    hp.pop("optimizer", None)
+    if "schema" in info:
+        schema = FeatureSchema.from_dict(info["schema"])
+    else:
+        schema = FeatureSchema.from_config({**config, "hyper_parameters": {
+            "sparse_feature_number": hp.get("sparse_feature_number", COMMON_HYPER_PARAMETERS["sparse_feature_number"])}})
+    name = info.get("model_name") or info.get("model") or (config.get("runner") or {}).get("model")
+    return {"model_name": name, "hyper_parameters": hp, "schema": schema}
+
+
+def build_model_for_checkpoint(config, checkpoint_dir: str | None, *, schema_from_checkpoint: bool = False,
+                               explicit: list[str] | tuple[str, ...] | None = None, logger=None) -> CTRModel:
+    """The model that fits `checkpoint_dir`, as `config` asks for it (a `ctrkit.config.Config`).
+
+    The checkpoint's recorded hyper-parameters win over the config file's (training with
+    `-o hyper_parameters.fc_sizes=[...]` needs no repeat when evaluating or exporting); one given explicitly with
+    `-o` (`explicit`: the dotted keys given with -o; default `config.overrides` when the config has it) that differs from the recorded value is a ModelMismatchError naming both. The model
+    name must match. Schema: the config's, which must have the recorded schema's signature; with
+    `schema_from_checkpoint` (export) the recorded schema itself is used when the config declares no `dataset:`
+    block. Without a record (a PaddleRec checkpoint) the config alone decides. Parameters are not loaded here.
+    The returned model's `schema` (with the resolved `sparse_feature_number`) is the one to parse its data with."""
+    import logging
+
+    log = logger or logging.getLogger("ctrkit.zoo")
+    config_schema = config.schema()
+    record = recorded_model(checkpoint_dir) if checkpoint_dir else None
+    if record is None:
+        return build_model(config.model_name, config.hyper_parameters, config_schema)
+    if record["model_name"] and record["model_name"] != config.model_name:
+        raise ModelMismatchError(f"checkpoint {checkpoint_dir} holds model {record['model_name']!r} but the config "
+                                 f"asks for runner.model={config.model_name!r}")
+    explicit = set(explicit if explicit is not None else getattr(config, "overrides", ()) or ())
+    model_cls = get_model_class(config.model_name)
+    hp = {k: v for k, v in config.hyper_parameters.items()}
+    used = []
+    for key, recorded in record["hyper_parameters"].items():
+        if key not in model_cls.default_hyper_parameters() or key == "dense_input_dim" or hp.get(key) == recorded:
+            continue
+        if f"hyper_parameters.{key}" in explicit:
+            raise ModelMismatchError(f"hyper_parameters.{key}: -o gives {hp.get(key)!r} but checkpoint "
+                                     f"{checkpoint_dir} was trained with {recorded!r}; drop the override (the "
+                                     "recorded value is used) or pass a checkpoint trained with it")
+        used.append(f"{key}={recorded!r} (config: {hp.get(key)!r})")
+        hp[key] = recorded
+    if used:
+        log.info("using the hyper-parameters recorded in checkpoint %s: %s", checkpoint_dir, ", ".join(used))
+    recorded_schema = record["schema"]
+    if schema_signature(recorded_schema) != schema_signature(config_schema):
+        if not (schema_from_checkpoint and not getattr(config, "dataset", None)):
+            raise ModelMismatchError(f"checkpoint {checkpoint_dir} was trained on schema "
+                                     f"{describe_schema(recorded_schema)}, the config declares "
+                                     f"{describe_schema(config_schema)}")
+    schema = recorded_schema if schema_from_checkpoint and not getattr(config, "dataset", None) else config_schema
+    if schema.sparse_feature_number != hp["sparse_feature_number"]:
+        schema = schema.with_options(sparse_feature_number=hp["sparse_feature_number"])
+    return build_model(config.model_name, hp, schema)

@@ -77,10 +77,54 @@ def test_checkpoint_errors(args, message, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_no_golden_data_is_an_error(trained_checkpoint, tmp_path):
+def test_a_checkpoint_alone_exports_with_generated_golden_rows(trained_checkpoint, tmp_path):
     ckpt, _ = trained_checkpoint
     result = to_static("-o", f"runner.model_init_path={ckpt}", "-o", "runner.test_data_dir=/nonexistent/test",
                        "-o", "runner.train_data_dir=/nonexistent/train", "--output_dir", str(tmp_path / "out"))
-    assert result.returncode != 0
-    assert "no data for the golden batch" in result.stderr and "--golden_data" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "golden batch: 40 generated rows following the model's schema 'criteo'" in result.stderr
+    meta = json.load(open(tmp_path / "out" / META_FILE))
+    assert meta["golden"]["source"].startswith("generated") and meta["golden"]["rows"] == 40
+    assert meta["schema"]["name"] == "criteo" and len(set(meta["golden"]["prob"])) > 1
+
+
+def test_paddles_harmless_native_warnings_are_not_shown(trained_checkpoint, tmp_path, slot_sample):
+    ckpt, _ = trained_checkpoint
+    result = to_static("-o", f"runner.model_init_path={ckpt}", "--golden_data", slot_sample, "--onnx",
+                       "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "not support input out tensor" not in result.stderr
+    assert "CleanUnusedInitializers" not in result.stderr
+    assert "golden batch: the first 40 rows of" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def recorded_checkpoint(tmp_path_factory):
+    """A checkpoint trained with -o hyper_parameters.fc_sizes=[24,8] whose checkpoint.json records its config, as
+    the trainer writes it."""
+    config = load_config(CONFIG, ["hyper_parameters.fc_sizes=[24,8]", "hyper_parameters.sparse_feature_number=5000"])
+    paddle.seed(4)
+    model = build_model("deepfm", config.hyper_parameters)
+    save_dir = str(tmp_path_factory.mktemp("recorded"))
+    return checkpoint.save_checkpoint(save_dir, 0, model, None, info={"model": "deepfm", "config": config.to_dict()})
+
+
+def test_recorded_hyper_parameters_are_used(recorded_checkpoint, tmp_path, raw_sample):
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "to_static.py"), "-m", CONFIG,
+                             "-o", f"runner.model_init_path={recorded_checkpoint}", "--output_dir", str(out),
+                             "--golden_data", raw_sample], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "using the hyper-parameters recorded in checkpoint" in result.stderr and "fc_sizes=[24, 8]" in result.stderr
+    meta = json.load(open(out / META_FILE))
+    assert meta["hyper_parameters"]["fc_sizes"] == [24, 8]
+    assert meta["hyper_parameters"]["sparse_feature_number"] == meta["schema"]["sparse_feature_number"] == 5000
+
+
+def test_an_override_that_contradicts_the_checkpoint_names_both_values(recorded_checkpoint, tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "to_static.py"), "-m", CONFIG,
+                             "-o", f"runner.model_init_path={recorded_checkpoint}", "hyper_parameters.fc_sizes=[32]",
+                             "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "hyper_parameters.fc_sizes" in result.stderr and "[32]" in result.stderr and "[24, 8]" in result.stderr
     assert not (tmp_path / "out").exists()

@@ -1,5 +1,6 @@
 """The Paddle Serving files of an export parse back (text and binary) as the GeneralModelConfig message
-Paddle Serving defines, with the model's feed/fetch variables, and use its field numbers on the wire."""
+Paddle Serving defines, with one feed per field as PaddleRec declares them (Criteo: `dense_input`, `C1`..`C26`)
+and the model's fetch variable, and use its field numbers on the wire."""
 import json
 import os
 
@@ -24,7 +25,8 @@ def meta(exported_deepfm):
 def expected_config(meta) -> GeneralModelConfig:
     config = GeneralModelConfig()
     config.feed_var.add(name="dense_input", alias_name="dense_input", is_lod_tensor=False, feed_type=1, shape=[13])
-    config.feed_var.add(name="sparse_inputs", alias_name="sparse_inputs", is_lod_tensor=False, feed_type=0, shape=[26])
+    for k in range(1, 27):
+        config.feed_var.add(name=f"C{k}", alias_name=f"C{k}", is_lod_tensor=False, feed_type=0, shape=[1])
     config.fetch_var.add(name=meta["output"]["name"], alias_name="prob", is_lod_tensor=False, fetch_type=1, shape=[1])
     return config
 
@@ -68,3 +70,19 @@ def test_bad_files_are_clear_errors(tmp_path):
         read_server_config(str(tmp_path))
     with pytest.raises(ServingConfigError, match="no Paddle Serving type code"):
         serving_config.build_config([{"name": "x", "dtype": "bool", "shape": [-1, 1]}], [])
+
+
+def test_feeds_follow_the_schema():
+    from ctrkit.schema import CategoricalField, FeatureSchema, LabelSpec, MultiValuedField, NumericField
+
+    schema = FeatureSchema(numeric=(NumericField("age"),), categorical=(CategoricalField("user"),),
+                           multi_valued=(MultiValuedField("genres", max_len=6, pooling="mean"),),
+                           label=LabelSpec("rating", 4.0), format="csv", header=True, name="ml")
+    config = serving_config.build_schema_config(schema, [{"name": "fetch_name_0", "alias": "prob",
+                                                          "dtype": "float32", "shape": [-1, 1]}])
+    assert [(v.name, v.feed_type, list(v.shape)) for v in config.feed_var] == [
+        ("dense_input", 1, [1]), ("user", 0, [1]), ("genres", 0, [6])]
+    no_numeric = FeatureSchema(categorical=(CategoricalField("site"), CategoricalField("app")), label=LabelSpec("click"),
+                               format="csv", header=True, name="avazu")
+    assert [f["name"] for f in serving_config.field_feeds(no_numeric)] == ["site", "app"]  # no empty dense feed
+    assert [(f["start"], f["width"]) for f in serving_config.field_feeds(schema)] == [(0, 1), (0, 1), (1, 6)]

@@ -7,7 +7,11 @@ Writes <output_dir>/tostatic.json + tostatic.pdiparams + model_meta.json (model,
 golden batch of real rows with the dygraph outputs); --serving adds serving_server/ and serving_client/
 (Paddle Serving layout and GeneralModelConfig prototxt); --onnx adds model.onnx. The static model (and the
 ONNX model) must reproduce the dygraph outputs on the golden batch within 1e-5, or nothing is written and the
-exit status is non-zero. Golden rows come from --golden_data, else runner.test_data_dir, else runner.train_data_dir.
+exit status is non-zero. Golden rows come from --golden_data, else runner.test_data_dir, else runner.train_data_dir,
+else (a checkpoint alone, as with PaddleRec) generated rows that follow the model's feature schema; a log line
+says which. The model is built with the hyper-parameters and feature schema recorded in the checkpoint, so
+overrides given at training time (e.g. -o hyper_parameters.fc_sizes=[256,128]) need no repeating; an -o that
+contradicts the checkpoint is an error naming both values.
 """
 import argparse
 import json
@@ -15,6 +19,7 @@ import logging
 
 import models  # noqa: F401  (registers the model zoo in ctrkit.zoo)
 from ctrkit.cli import add_config_arguments, config_from_args, run_cli, setup_logging
+from ctrkit.config import parse_override
 from ctrkit.export import DEFAULT_PREFIX, ExportError, export_from_config
 from ctrkit.inference import META_FILE, InferenceError
 
@@ -26,11 +31,14 @@ def main() -> int:
     parser.add_argument("--model_prefix", default=DEFAULT_PREFIX, help="file name stem of the model files")
     parser.add_argument("--serving", action="store_true", help="also write Paddle Serving's layout")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (paddle2onnx), checked on ORT")
-    parser.add_argument("--golden_data", help="slot or raw Criteo file whose first rows form the golden batch")
+    parser.add_argument("--golden_data", help="data file (in the model's schema) whose first rows form the golden "
+                                              "batch; default: the configured data, else generated rows")
     args = parser.parse_args()
     setup_logging()
-    output_dir = export_from_config(config_from_args(args), args.output_dir, model_prefix=args.model_prefix,
-                                    serving=args.serving, onnx=args.onnx, golden_data=args.golden_data)
+    config = config_from_args(args)
+    explicit = [parse_override(text)[0] for text in args.opt or [] if "=" in text]  # keys given with -o
+    output_dir = export_from_config(config, args.output_dir, model_prefix=args.model_prefix, serving=args.serving,
+                                    onnx=args.onnx, golden_data=args.golden_data, explicit_overrides=explicit)
     with open(f"{output_dir}/{META_FILE}", encoding="utf-8") as f:
         meta = json.load(f)
     checks = {**meta["export_check"], **({"onnxruntime": meta["onnx"]["max_abs_diff"]} if "onnx" in meta else {})}
