@@ -126,7 +126,7 @@ class Supervisor:
         line = self._first_line(proc)
         if not self.is_ready(line):
             log.error("restarted worker pid %d did not get ready", proc.pid)
-            return proc.poll() is not None or True  # its death is seen (and counted) on the next round
+            return True  # if it died, the next round sees it and counts the crash
         log.info("worker restarted (pid %d)", proc.pid)
         return True
 

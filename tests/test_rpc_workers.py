@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 import numpy as np
 import psutil
@@ -45,3 +46,29 @@ def test_workers_share_the_ports_and_stop_together(exported_deepfm, slot_sample,
     assert server.stop() == 0, server.log()
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
     assert server.log().count("drained in") == 2
+
+
+def test_a_dead_worker_is_restarted_and_clients_carry_on(exported_deepfm, slot_sample, tmp_path):
+    batch = next(iter(iter_batches(slot_sample, FeatureSpec(), 8)))
+    expected = create_predictor(exported_deepfm, PredictorOptions()).predict(batch.dense, batch.sparse)
+    server = RpcServer(os.path.join(exported_deepfm, "serving_server"), str(tmp_path / "server.log"),
+                       "--workers", "2", "--backend", "onnxruntime")
+    layout = read_feed_layout(os.path.join(exported_deepfm, "serving_client"))
+    try:
+        supervisor = psutil.Process(server.proc.pid)
+        before = sorted(c.pid for c in supervisor.children())
+        assert len(before) == 2
+        psutil.Process(before[0]).kill()  # SIGKILL: no drain, the worker just dies
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "worker restarted" not in server.log():
+            time.sleep(0.2)
+        after = sorted(c.pid for c in supervisor.children())
+        assert "worker restarted" in server.log() and len(after) == 2 and before[0] not in after, server.log()
+        for mode in ("rpc", "http_proto", "http"):  # fresh connections reach either worker
+            for _ in range(4):
+                c = ServingClient(layout, f"127.0.0.1:{server.grpc_port if mode == 'rpc' else server.http_port}",
+                                  mode)
+                np.testing.assert_allclose(c.predict(batch.dense, batch.sparse), expected, atol=1e-5)
+                c.close()
+    finally:
+        assert server.stop() == 0, server.log()
