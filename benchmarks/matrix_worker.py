@@ -165,7 +165,7 @@ def _dygraph(exported, cell: Cell, tolerance: float) -> tuple[Predict, str]:
     if not os.path.exists(checkpoint):
         raise SkipCell(f"the training checkpoint recorded in the export, {checkpoint}, does not exist here")
     paddle = _eager_paddle(cell)
-    model = build_model(exported.name, exported.meta["hyper_parameters"])
+    model = build_model(exported.name, exported.meta["hyper_parameters"], exported.schema)
     load_model_state(model, checkpoint)
     model.eval()
     return _eager_predict(paddle, model), f"dygraph (Paddle {paddle.__version__}, weights from {checkpoint})"

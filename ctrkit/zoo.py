@@ -230,8 +230,9 @@ def build_model_for_checkpoint(config, checkpoint_dir: str | None, *, schema_fro
     """The model that fits `checkpoint_dir`, as `config` asks for it (a `ctrkit.config.Config`).
 
     The checkpoint's recorded hyper-parameters win over the config file's (training with
-    `-o hyper_parameters.fc_sizes=[...]` needs no repeat when evaluating or exporting); one given explicitly with
-    `-o` (`explicit`: the dotted keys given with -o; default `config.overrides` when the config has it) that differs from the recorded value is a ModelMismatchError naming both. The model
+    `-o hyper_parameters.fc_sizes=[...]` needs no repeat when evaluating or exporting); one given explicitly
+    with -o (`explicit`: the dotted keys given with -o; default `config.overridden`) that differs from the
+    recorded value is a ModelMismatchError naming both. The model
     name must match. Schema: the config's, which must have the recorded schema's signature; with
     `schema_from_checkpoint` (export) the recorded schema itself is used when the config declares no `dataset:`
     block. Without a record (a PaddleRec checkpoint) the config alone decides. Parameters are not loaded here.
@@ -246,7 +247,7 @@ def build_model_for_checkpoint(config, checkpoint_dir: str | None, *, schema_fro
     if record["model_name"] and record["model_name"] != config.model_name:
         raise ModelMismatchError(f"checkpoint {checkpoint_dir} holds model {record['model_name']!r} but the config "
                                  f"asks for runner.model={config.model_name!r}")
-    explicit = set(explicit if explicit is not None else getattr(config, "overrides", ()) or ())
+    explicit = set(explicit if explicit is not None else getattr(config, "overridden", ()) or ())
     model_cls = get_model_class(config.model_name)
     hp = {k: v for k, v in config.hyper_parameters.items()}
     used = []
