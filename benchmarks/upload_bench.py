@@ -1,7 +1,8 @@
-"""Upload service benchmark: round-trip latency of the 80-line sample and lines/s of a 100k-line upload.
+"""Upload service benchmark: round-trip latency of the 80-line sample and lines/s of a 100k-line upload, each
+against the same work done in-process (issue 14's upload targets, ratios measured in one run).
 
-    .venv/bin/python benchmarks/upload_bench.py [--model DIR] [--requests 300] [--lines 100000] [--repeat 3]
-                                                [--server_args "--workers 1 --cpu_threads 2"]
+    .venv/bin/python benchmarks/upload_bench.py [--model DIR] [--backend paddle|onnxruntime] [--requests 300]
+        [--lines 100000] [--repeat 3] [--server_args "--workers 1 --cpu_threads 2"] [--out upload.json]
 
 Starts `python -m serving.upload` (waitress) on a free loopback port with --server_args, then measures from a
 client on the same machine (keep-alive session, like a real client):
@@ -10,6 +11,10 @@ client on the same machine (keep-alive session, like a real client):
   throughput  POST /upload of --lines lines (the slot sample repeated; also the 100-line raw sample repeated
               when the model accepts raw lines), full=false and full=true, best and median of --repeat
               uploads: lines/s over the whole round trip (upload, parse, predict, answer)
+  in-process  the same 100k-line file through `tools/paddle_infer.py --num_workers 0` (one process, the same
+              backend, batch 2048; its own rows/s record) -> upload lines/s / paddle_infer rows/s (target >= 0.90);
+              and the 80-line sample parsed + predicted in this process through the same lines -> predictions path
+              (ctrkit.batch_predict on a ctrkit.runtime, same backend) -> round trip minus in-process (target <= 2 ms)
 Without --model, a DeepFM with the default hyper-parameters (the tutorial's model, MLP 400-400-400) is exported
 with seeded random weights into --work_dir (the arithmetic is the same as for trained weights).
 Client and server share the machine's cores. Prints a Markdown table and one JSON line (with the load average
@@ -101,6 +106,61 @@ def measure_throughput(session: requests.Session, url: str, content: bytes, repe
             "server_ms_of_best": best_debug}
 
 
+def in_process_sample(model_dir: str, backend: str, content: bytes, count: int) -> dict:
+    """The 80 lines parsed and predicted in this process, through the path the upload service uses."""
+    import io
+
+    from ctrkit.batch_predict import batch_predictor, model_schema, open_runtime, parse_chunk, score_stream
+    from ctrkit.runtime import RuntimeOptions
+
+    runtime = open_runtime(model_dir, RuntimeOptions(backend=backend))
+    try:
+        schema = model_schema(runtime.current.exported)
+        predict = batch_predictor(runtime)
+
+        def once() -> int:
+            return sum(len(s.probs) for s in score_stream(io.BytesIO(content), "sample", schema, predict, 2048,
+                                                         pipeline=False))
+        for _ in range(WARMUP):
+            once()
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            rows = once()
+            times.append((time.perf_counter() - start) * 1e3)
+        from ctrkit.batch_predict import Chunk, FormatLock
+        batch = parse_chunk(schema, FormatLock(schema)(Chunk("sample", 1, content, content.count(b"\n"))))
+        predict_only = []
+        for _ in range(count):
+            start = time.perf_counter()
+            predict(batch)
+            predict_only.append((time.perf_counter() - start) * 1e3)
+    finally:
+        runtime.close()
+    return {"lines": rows, "parse_predict_p50_ms": round(statistics.median(times), 3),
+            "predict_only_p50_ms": round(statistics.median(predict_only), 3)}
+
+
+def paddle_infer_rows_per_s(model_dir: str, backend: str, content: bytes, work_dir: str) -> dict:
+    """tools/paddle_infer.py on the same lines, one process (--num_workers 0), the same backend, batch 2048."""
+    data = os.path.join(work_dir, "upload_bench_lines.txt")
+    with open(data, "wb") as f:
+        f.write(content)
+    log_path = os.path.join(work_dir, "upload_bench_paddle_infer.jsonl")
+    if os.path.exists(log_path):
+        os.remove(log_path)
+    command = [sys.executable, os.path.join(REPO_ROOT, "tools", "paddle_infer.py"), "--model_dir", model_dir,
+               "--data_dir", data, "--batchsize", "2048", "--num_workers", "0", "--backend", backend,
+               "--output", os.path.join(work_dir, "upload_bench_predictions.txt"), "--save_log_path", log_path]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "command": command}
+    with open(log_path, encoding="utf-8") as f:
+        record = json.loads(f.read().splitlines()[-1])
+    return {"samples": record["samples"], "samples_per_s": record["samples_per_s"], "wall_s": record["wall_s"],
+            "command": " ".join(command)}
+
+
 def repeated(path: str, lines: int) -> bytes:
     with open(path, "rb") as f:
         sample = f.readlines()
@@ -115,6 +175,9 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=100_000, help="lines in the throughput upload")
     parser.add_argument("--repeat", type=int, default=3, help="throughput uploads per case")
     parser.add_argument("--server_args", default="", help='extra serving.upload flags, e.g. "--cpu_threads 2"')
+    parser.add_argument("--backend", default="paddle", choices=("paddle", "onnxruntime"),
+                        help="model backend of the server and of the in-process comparisons")
+    parser.add_argument("--out", help="write the result JSON here too")
     args = parser.parse_args()
 
     slot_sample, raw_sample = (os.path.join(CRITEO, name) for name in ("slot_sample.txt", "raw_sample.txt"))
@@ -123,7 +186,7 @@ def main() -> None:
             sys.exit(f"{path} is missing (the shared Criteo samples sit beside the checkout)")
     os.makedirs(args.work_dir, exist_ok=True)
     model_dir = args.model or ensure_model(args.work_dir, slot_sample)
-    server_args = shlex.split(args.server_args)
+    server_args = ["--backend", args.backend, *shlex.split(args.server_args)]
     load_before = os.getloadavg()
     proc, url = start_server(model_dir, server_args, os.path.join(args.work_dir, "server.log"))
     try:
@@ -137,9 +200,27 @@ def main() -> None:
                 throughput["raw top10"] = measure_throughput(session, url, raw, args.repeat, False)
     finally:
         proc.terminate()
-        proc.wait(60)
-    result = {"benchmark": "upload", "model_dir": model_dir, "server_args": server_args, "latency": latency,
-              "throughput": throughput, "cpus": os.cpu_count(), "machine": platform.machine(),
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            print(f"warning: the upload server did not stop within 60 s of SIGTERM; killed (see {args.work_dir}/"
+                  "server.log)", file=sys.stderr)
+            proc.kill()
+            proc.wait()
+    sample = open(slot_sample, "rb").read()
+    in_process = in_process_sample(model_dir, args.backend, sample, args.requests)
+    reference = paddle_infer_rows_per_s(model_dir, args.backend, slot, args.work_dir)
+    upload_rate = throughput["slot full"]["best_lines_per_s"]
+    targets = {"upload_vs_paddle_infer": round(upload_rate / reference["samples_per_s"], 3)
+               if reference.get("samples_per_s") else None,
+               "sample_round_trip_minus_in_process_ms": round(latency["p50_ms"] - in_process["parse_predict_p50_ms"],
+                                                              3)}
+    targets["meets_upload_target"] = bool(targets["upload_vs_paddle_infer"] and
+                                          targets["upload_vs_paddle_infer"] >= 0.9)
+    targets["meets_sample_target"] = bool(targets["sample_round_trip_minus_in_process_ms"] <= 2.0)
+    result = {"benchmark": "upload", "model_dir": model_dir, "backend": args.backend, "server_args": server_args,
+              "latency": latency, "throughput": throughput, "in_process_sample": in_process,
+              "paddle_infer": reference, "targets": targets, "cpus": os.cpu_count(), "machine": platform.machine(),
               "python": platform.python_version(), "load_before": [round(x, 2) for x in load_before],
               "load_after": [round(x, 2) for x in os.getloadavg()]}
     print(f"| case | lines | result |\n|---|---|---|\n"
@@ -150,7 +231,20 @@ def main() -> None:
         print(f"| {name} upload | {t['lines']} | {t['best_lines_per_s']} lines/s best, "
               f"{t['median_lines_per_s']} median ({t['bytes'] / 2**20:.1f} MiB; server: parse {d['parse_ms']:.0f} "
               f"ms, inference {d['inference_ms']:.0f} ms, total {d['total_ms']:.0f} ms) |")
+    print(f"| 80 lines in-process (parse + predict, same path) | {in_process['lines']} | p50 "
+          f"{in_process['parse_predict_p50_ms']} ms (predict only {in_process['predict_only_p50_ms']} ms) |")
+    if "samples_per_s" in reference:
+        print(f"| paddle_infer.py, same {args.lines} lines, --num_workers 0, {args.backend} | {reference['samples']} "
+              f"| {reference['samples_per_s']:,.0f} rows/s |")
+    else:
+        print(f"| paddle_infer.py | | failed: {reference['error']} |")
+    print(f"\nupload / paddle_infer rows/s: {targets['upload_vs_paddle_infer']} (target >= 0.90); 80-line round trip "
+          f"- in-process: {targets['sample_round_trip_minus_in_process_ms']} ms (target <= 2 ms); load "
+          f"{result['load_before'][0]} -> {result['load_after'][0]}")
     print(json.dumps(result))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
