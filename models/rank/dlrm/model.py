@@ -24,6 +24,8 @@ class DLRM(CTRModel):
         n, d = self.hp["sparse_feature_number"], self.hp["sparse_feature_dim"]
         has_dense = schema.n_dense > 0
         num_vectors = schema.n_fields + (1 if has_dense else 0)
+        if num_vectors < 2:
+            raise ValueError(f"dlrm's dot interaction needs at least 2 fields, the schema gives {num_vectors}")
         self.embedding = sparse_embedding(n, d)
         self.bottom = MLP(schema.n_dense, [*self.hp["bottom_sizes"], d], None) if has_dense else None
         self.top = MLP((d if has_dense else 0) + num_vectors * (num_vectors - 1) // 2, self.hp["top_sizes"], 1,
