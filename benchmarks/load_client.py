@@ -124,8 +124,15 @@ def run(target: str, address: str, concurrency: int, duration_s: float, body, mo
     errors: list[str] = []
     error_count = [0]
     lock = threading.Lock()
-    start_gate = threading.Barrier(concurrency + 1)
     stop_at = [0.0]
+    clock = {}
+
+    def begin() -> None:  # runs once, before any thread passes the gate: every thread sees the same stop time
+        clock["usage"] = resource.getrusage(resource.RUSAGE_SELF)
+        clock["start"] = time.perf_counter()
+        stop_at[0] = clock["start"] + duration_s
+
+    start_gate = threading.Barrier(concurrency + 1, action=begin)
     interval = concurrency / qps if qps > 0 else 0.0  # each thread's share of the paced rate
 
     def worker(i: int) -> None:
@@ -166,9 +173,7 @@ def run(target: str, address: str, concurrency: int, duration_s: float, body, mo
     for t in threads:
         t.start()
     start_gate.wait()
-    usage0 = resource.getrusage(resource.RUSAGE_SELF)
-    t_start = time.perf_counter()
-    stop_at[0] = t_start + duration_s
+    usage0, t_start = clock["usage"], clock["start"]
     for t in threads:
         t.join(duration_s + 120)
     elapsed = time.perf_counter() - t_start
