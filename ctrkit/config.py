@@ -100,8 +100,9 @@ class Config:
     path: str
     runner: dict
     hyper_parameters: dict
-    dataset: dict | None = None
-    ignored_keys: tuple[str, ...] = ()  # PaddleRec keys present in the config that mean nothing here  # the `dataset:` block (feature schema, see ctrkit/schema.py); None = Criteo
+    dataset: dict | None = None  # the `dataset:` block (feature schema, see ctrkit/schema.py); None = Criteo
+    ignored_keys: tuple[str, ...] = ()  # PaddleRec keys present in the config that mean nothing here
+    overridden: tuple[str, ...] = ()    # dotted keys given with -o (e.g. "hyper_parameters.fc_sizes")
 
     def get(self, dotted: str) -> Any:
         """PaddleRec-style lookup: `config.get("runner.train_batch_size")`."""
@@ -266,13 +267,17 @@ def load_config(path: str, overrides: list[str] | None = None) -> Config:
     if raw.get("dataset") is not None:
         tree["dataset"] = copy.deepcopy(raw["dataset"])
     overridden_paths = set()
+    overridden = []
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+        overridden.append(key)
         if key.startswith("runner.") and key[len("runner."):] in PATH_KEYS:
             overridden_paths.add(key[len("runner."):])
     _resolve_paths(tree["runner"], os.getcwd(), overridden_paths)
-    return _validated(path, tree)
+    config = _validated(path, tree)
+    config.overridden = tuple(dict.fromkeys(overridden))
+    return config
 
 
 def _validated(path: str, tree: dict) -> Config:

@@ -22,7 +22,7 @@ configure_cpu_env()  # before paddle loads (MKL reads it then)
 import models  # noqa: F401  (registers the model zoo: the config names a model)
 from ctrkit.cli import UserError, add_override_argument, join_overrides, run_cli, setup_logging
 from ctrkit.config import load_config
-from ctrkit.data import DataFormatError
+from ctrkit.data import DataFormatError, list_data_files
 from ctrkit.data.spec import DATA_FORMATS, FeatureSpec
 from ctrkit.prepare import (DEFAULT_BLOCK_BYTES, DEFAULT_LINES_PER_SHARD, DEFAULT_SPLITS, JOURNAL, PrepareError,
                             parse_splits, prepare)
@@ -67,6 +67,18 @@ def feature_spec(args: argparse.Namespace) -> FeatureSpec:
     return load_config(args.config, join_overrides(args.opt)).feature_spec()
 
 
+def check_paths(inputs: list[str], out_dir: str) -> None:
+    """Inputs that hold data files (not empty, no sub-directories) and an output path that can be a directory."""
+    try:
+        files = list_data_files(inputs)
+    except (FileNotFoundError, ValueError) as exc:  # list_data_files' answers about the user's paths
+        raise UserError(f"--input: {exc}") from None
+    if not any(os.path.getsize(f) for f in files):
+        raise UserError(f"--input: every input file is empty ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} exists and is not a directory")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", help="raw Criteo or slot-format files or directories")
@@ -97,6 +109,7 @@ def main() -> int:
         return 0
     if not args.input:
         parser.error("--input is required (unless --verify)")
+    check_paths(args.input, args.out)
     spec = feature_spec(args)
     summary = prepare(args.input, args.out, spec, splits=args.split, seed=args.seed,
                       lines_per_shard=args.lines_per_shard, workers=args.workers, skip_bad=args.skip_bad_lines,

@@ -15,7 +15,7 @@ from ctrkit.distributed import Context
 from ctrkit.metrics import auc, logloss
 from ctrkit.predictions import write_predictions
 from ctrkit.training.device import start_run
-from ctrkit.training.model import build_configured_model
+from ctrkit.training.model import build_configured_model, config_for_checkpoint
 from ctrkit.training.progress import visualdl_writer
 from ctrkit.training.sources import eval_batches, open_source
 
@@ -52,8 +52,10 @@ def evaluate(config: Config, on_epoch: Callable[[dict], None] | None = None) -> 
     """Score checkpoints of epochs [infer_start_epoch, infer_end_epoch) on runner.test_data_dir (data-parallel
     with runner.use_fleet: every worker scores its slice and all predictions are gathered for one AUC)."""
     context, _ = start_run(config)
-    source = open_source(config, "test_data_dir")
     load_path = config.runner["infer_load_path"] or config.runner["model_save_path"]
+    # the model and hyper-parameters the checkpoints were trained with (no need to repeat training's -o)
+    config = config_for_checkpoint(config, os.path.join(load_path, str(config.runner["infer_start_epoch"])))
+    source = open_source(config, "test_data_dir")
     model = build_configured_model(config)
     results = []
     writer = visualdl_writer(config, context, kind="eval")
