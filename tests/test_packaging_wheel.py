@@ -188,3 +188,40 @@ def test_installed_api_predicts(venv, exported_deepfm, slot_sample, tmp_path):
     rows, mean = json.loads(result.stdout.strip().splitlines()[-1])
     from ctrkit import api
     assert rows == 80 and abs(mean - float(api.predict(exported_deepfm, slot_sample).mean())) < 1e-6
+
+
+def test_start_sh_serves_from_the_installed_wheel(venv, exported_deepfm, tmp_path):
+    """The Docker image's runtime path without Docker: start.sh outside a checkout (as /app/Docker/start.sh in the
+    image) runs ctrkit_serving.rpc and ctrkit_serving.upload from the installed wheel."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    app = tmp_path / "app"
+    (app / "Docker").mkdir(parents=True)
+    shutil.copy2(os.path.join(REPO, "Docker", "start.sh"), app / "Docker" / "start.sh")
+    ports = {}
+    for name in ("RPC_PORT", "RPC_HTTP_PORT", "UPLOAD_PORT"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports[name] = str(s.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(ports, PYTHON=os.path.join(venv, "bin", "python"), CTR_UPLOAD_UPLOAD_DIR=str(tmp_path / "uploads"))
+    log_path = tmp_path / "start.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(["bash", str(app / "Docker" / "start.sh"), exported_deepfm], cwd=str(tmp_path),
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while "start.sh: ready" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.3)
+        for port in (ports["RPC_HTTP_PORT"], ports["UPLOAD_PORT"]):
+            assert urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10).status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(90)
+    text = log_path.read_text()
+    assert "ctrkit_serving" in text  # the servers' log lines name the installed packages
+    assert status == 0, text[-3000:]
