@@ -26,6 +26,10 @@ import sys
 import time
 import traceback
 
+from ctrkit.cpu_env import configure_cpu_env
+
+configure_cpu_env()  # before paddle loads in this process or its workers (MKL reads it then)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_DATA = os.path.join(REPO, "tools", "gen_data.py")
 TRAIN_SEED, TEST_SEED = 101, 202

@@ -26,6 +26,10 @@ import sys
 import tempfile
 import time
 
+from ctrkit.cpu_env import configure_cpu_env
+
+configure_cpu_env()  # before paddle loads in this process or its workers (MKL reads it then)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE_OVERRIDES = ["runner.cpu_threads=1", "runner.unique_id_lookups=false"]
 

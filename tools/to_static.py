@@ -17,7 +17,11 @@ import argparse
 import json
 import logging
 
-import models  # noqa: F401  (registers the model zoo in ctrkit.zoo)
+from ctrkit.cpu_env import configure_cpu_env
+
+configure_cpu_env()  # before paddle loads (MKL reads it then)
+
+import models  # noqa: E402,F401  (registers the model zoo in ctrkit.zoo)
 from ctrkit.cli import add_config_arguments, config_from_args, run_cli, setup_logging
 from ctrkit.config import parse_override
 from ctrkit.export import DEFAULT_PREFIX, ExportError, export_from_config
