@@ -151,7 +151,8 @@ def train(config: Config, on_step: Callable[[dict], None] | None = None) -> dict
     network = context.wrap(model)
     lookups = UniqueIdLookups(model) if device == "cpu" and config.runner["unique_id_lookups"] else None
     writer = visualdl_writer(config, context)
-    info = {"model": config.model_name, "config": config.to_dict(), "workers": context.world}
+    info = {"model": config.model_name, "config": config.to_dict(), "workers": context.world,
+            **model.describe()}  # model_name, complete hyper_parameters, schema: what export/infer rebuild from
     epoch_stats, last_dir, global_step = [], None, 0
     # this worker's samples per epoch, for the progress bar's total and ETA: known for shards, and for text once
     # an epoch has been read
