@@ -27,12 +27,15 @@ def save_checkpoint(save_path: str, epoch: int, model: paddle.nn.Layer, optimize
                     info: dict | None = None) -> str:
     """Atomically write epoch `epoch`'s checkpoint; returns its directory."""
     final_dir = os.path.join(save_path, str(epoch))
-    with staged_directory(final_dir) as tmp_dir:
-        paddle.save(model.state_dict(), os.path.join(tmp_dir, PARAMS_FILE))
-        if optimizer is not None:
-            paddle.save(optimizer.state_dict(), os.path.join(tmp_dir, OPTIMIZER_FILE))
-        with open(os.path.join(tmp_dir, INFO_FILE), "w", encoding="utf-8") as f:
-            json.dump({"epoch": epoch, **(info or {})}, f, indent=1)
+    try:
+        with staged_directory(final_dir) as tmp_dir:
+            paddle.save(model.state_dict(), os.path.join(tmp_dir, PARAMS_FILE))
+            if optimizer is not None:
+                paddle.save(optimizer.state_dict(), os.path.join(tmp_dir, OPTIMIZER_FILE))
+            with open(os.path.join(tmp_dir, INFO_FILE), "w", encoding="utf-8") as f:
+                json.dump({"epoch": epoch, **(info or {})}, f, indent=1)
+    except OSError as exc:  # unwritable path, disk full: the user's to fix; nothing half-written is left
+        raise CheckpointError(f"cannot write checkpoint {final_dir}: {exc.strerror or exc}") from None
     return final_dir
 
 

@@ -221,6 +221,12 @@ def _check_ranges(runner: dict, optimizer: dict) -> None:
         raise ConfigError(f"runner.seed must be in [0, 2**32), got {runner['seed']}")
     if runner["infer_end_epoch"] < runner["infer_start_epoch"]:
         raise ConfigError("runner.infer_end_epoch must be >= runner.infer_start_epoch")
+    for key in ("infer_output",):
+        if runner[key] and os.path.isdir(runner[key]):
+            raise ConfigError(f"runner.{key}={runner[key]} is a directory; give a file path")
+    for key in ("model_save_path", "visual_log_path"):
+        if runner[key] and os.path.exists(runner[key]) and not os.path.isdir(runner[key]):
+            raise ConfigError(f"runner.{key}={runner[key]} exists and is not a directory")
     lr = optimizer["learning_rate"]
     if not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"hyper_parameters.optimizer.learning_rate must be a finite number > 0, got {lr!r}")

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+import models  # noqa: F401  (registers the model zoo in ctrkit.zoo)
 from ctrkit.config import load_config
 from ctrkit.training import evaluate, format_result, train
 

@@ -94,8 +94,11 @@ def test_a_bad_config_file_is_one_error_line(tmp_path, cli, kind):
     ("infer.py", "runner.infer_batch_size=0", "runner.infer_batch_size must be positive"),
     ("infer.py", "runner.infer_start_epoch=-1", "runner.infer_start_epoch must be >= 0"),
     ("prepare_criteo.py", "runner.shuffle_buffer=-5", "runner.shuffle_buffer must be >= 0"),
+    ("infer.py", "runner.infer_output={data}", "is a directory; give a file path"),
+    ("trainer.py", "runner.visual_log_path={data}/train.truth.txt", "exists and is not a directory"),
 ])
 def test_a_bad_config_value_is_one_error_line_and_writes_nothing(data, tmp_path, cli, override, expected):
+    override = override.format(data=data)
     save = tmp_path / "ckpt"
     extra = ["--input", data / "train", "--out", tmp_path / "shards"] if cli == "prepare_criteo.py" else []
     result = tool(cli, *extra, *trainer_args(data, save, override))
@@ -246,3 +249,11 @@ def test_prepare_criteo_refuses_unusable_paths_in_one_line(data, tmp_path, input
     assert_one_error_line(tool("prepare_criteo.py", "--input", data / inputs, "--out", out_path, "--workers", "1"),
                           expected)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_checkpoint_path_is_one_error_line(data, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    result = tool("trainer.py", *trainer_args(data, blocked / "ckpt"))
+    assert_one_error_line(result, "cannot write checkpoint", str(blocked / "ckpt" / "0"))
+    assert blocked.read_text() == "not a directory"

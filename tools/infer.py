@@ -1,8 +1,11 @@
 """Evaluate checkpoints: `python tools/infer.py -m models/rank/deepfm/config.yaml [-o key=value ...]`.
 
 Scores epochs [runner.infer_start_epoch, runner.infer_end_epoch) of runner.infer_load_path on
-runner.test_data_dir with exact AUC and logloss; `-o runner.infer_output=preds.txt` writes every prediction.
-The last lines of output are one JSON object per epoch: {"epoch":..,"auc":..,"logloss":..,"samples":..}.
+runner.test_data_dir with exact AUC and logloss; `-o runner.infer_output=preds.txt` writes every prediction
+(one per line, `%.9g`: float32 exactly). The model and hyper-parameters come from the checkpoint's record
+(checkpoint.json), so the training run's `-o hyper_parameters...` need not be repeated (a conflicting -o is an
+error naming both values). The last lines of output are one JSON object per epoch:
+{"epoch":..,"auc":..,"logloss":..,"samples":..}.
 """
 import argparse
 import logging

@@ -109,8 +109,8 @@ def main() -> int:
         return 0
     if not args.input:
         parser.error("--input is required (unless --verify)")
-    check_paths(args.input, args.out)
     spec = feature_spec(args)
+    check_paths(args.input, args.out)
     summary = prepare(args.input, args.out, spec, splits=args.split, seed=args.seed,
                       lines_per_shard=args.lines_per_shard, workers=args.workers, skip_bad=args.skip_bad_lines,
                       block_bytes=args.block_bytes)

@@ -1,7 +1,12 @@
 """Train a CTR model: `python tools/trainer.py -m models/rank/deepfm/config.yaml [-o key=value ...]`.
 
-Writes `<runner.model_save_path>/<epoch>/rec.pdparams` (+ rec.pdopt) after every epoch and resumes from the last
-complete epoch when re-run (runner.resume). The last line of output is a JSON summary.
+Overrides as in PaddleRec: `-o runner.epochs=2 hyper_parameters.fc_sizes=[512,256]` (several after one -o) or
+repeated `-o`. The model is `runner.model`, else the config's folder name (models/rank/<name>/config.yaml).
+Writes `<runner.model_save_path>/<epoch>/rec.pdparams` (+ rec.pdopt, checkpoint.json) after every epoch and resumes
+from the last complete epoch when re-run with the same settings (runner.resume; a checkpoint of another run is
+refused); `-o runner.resume=false` removes an earlier run's checkpoints first and says so. An empty training set or
+a diverging loss (NaN) stops with an error and no checkpoint for that epoch. Bad input: one `error:` line, exit 2.
+The last line of output is a JSON summary.
 """
 import argparse
 

@@ -115,7 +115,13 @@ def visualdl_writer(config: Config, context: Context, kind: str = "train"):
     """A VisualDL LogWriter on this run's own directory (rank 0 with runner.use_visual), else None."""
     if not config.runner["use_visual"] or not context.is_main:
         return None
-    from visualdl import LogWriter
+    try:
+        from visualdl import LogWriter
+    except ImportError:
+        from ctrkit.config import ConfigError
+
+        raise ConfigError("runner.use_visual=true needs VisualDL, which is not installed "
+                          "(pip install -r requirements/train.txt, or set runner.use_visual=false)") from None
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     root = config.runner["visual_log_path"]
