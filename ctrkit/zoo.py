@@ -220,7 +220,8 @@ def recorded_model(checkpoint_dir: str) -> dict | None:
         schema = FeatureSchema.from_dict(info["schema"])
     else:
         schema = FeatureSchema.from_config({**config, "hyper_parameters": {
-            "sparse_feature_number": hp.get("sparse_feature_number", COMMON_HYPER_PARAMETERS["sparse_feature_number"])}})
+            "sparse_feature_number": hp.get("sparse_feature_number",
+                                            COMMON_HYPER_PARAMETERS["sparse_feature_number"])}})
     name = info.get("model_name") or info.get("model") or (config.get("runner") or {}).get("model")
     return {"model_name": name, "hyper_parameters": hp, "schema": schema}
 

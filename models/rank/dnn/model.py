@@ -21,5 +21,5 @@ class DNN(CTRModel):
         self.dnn = MLP(schema.n_fields * d + schema.n_dense, self.hp["fc_sizes"], 1, dropout=self.hp["dropout"])
 
     def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
-        return F.sigmoid(self.dnn(flatten_with_dense(pool_fields(self.embedding(sparse_inputs), sparse_inputs, self.schema),
-                                                     dense_input)))
+        fields = pool_fields(self.embedding(sparse_inputs), sparse_inputs, self.schema)
+        return F.sigmoid(self.dnn(flatten_with_dense(fields, dense_input)))

@@ -1,6 +1,7 @@
 """Factorization machine (Rendle 2010): sigmoid(w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j).
 
-The schema's categorical fields (multi-valued ones pooled) and its numeric values are the fields; a dense value x_i scales its field vector v_i.
+The schema's categorical fields (multi-valued ones pooled) and its numeric values are the fields; a dense value
+x_i scales its field vector v_i.
 """
 import paddle
 import paddle.nn.functional as F
