@@ -52,11 +52,13 @@ BARS_CRITEO_X1 = {
 }
 
 
-def generate(work_dir: str, name: str, rows: int, seed: int, interaction_scale: float) -> dict:
-    """tools/gen_data.py into <work_dir>/data/<name> (reused when the same request was generated before)."""
+def generate(work_dir: str, name: str, rows: int, seed: int, interaction_scale: float,
+             gen_args: list[str] | None = None) -> dict:
+    """tools/gen_data.py into <work_dir>/data/<name> (reused when the same request was generated before);
+    `gen_args`: more tools/gen_data.py flags (e.g. ["--profile", "criteo"])."""
     out = os.path.join(work_dir, "data", name)
     meta_path = out + ".json"
-    request = {"rows": rows, "seed": seed, "interaction_scale": interaction_scale}
+    request = {"rows": rows, "seed": seed, "interaction_scale": interaction_scale, "gen_args": gen_args or []}
     if os.path.isfile(meta_path):
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -64,7 +66,8 @@ def generate(work_dir: str, name: str, rows: int, seed: int, interaction_scale: 
             return meta
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, GEN_DATA, "--rows", str(rows), "--seed", str(seed), "--format", "slot",
-               "--out", out, "--truth", out + ".truth.txt", "--interaction_scale", str(interaction_scale)]
+               "--out", out, "--truth", out + ".truth.txt", "--interaction_scale", str(interaction_scale),
+               *(gen_args or [])]
     print("$ " + shlex.join(command), file=sys.stderr, flush=True)
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -183,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interaction_scale", type=float, default=3.0,
                         help="strength of the planted pairwise interactions (default 3: interactions matter, so the "
                              "comparison separates interaction models from logistic regression)")
+    parser.add_argument("--gen_args", default="", help="more tools/gen_data.py flags for both sets, e.g. "
+                                                       "\"--profile criteo\" (Criteo's cardinalities)")
     parser.add_argument("--work_dir", default=os.path.join(REPO, "output", "compare_models"))
     parser.add_argument("--keep_checkpoints", action="store_true", help="keep every model's checkpoints")
     parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
@@ -201,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), {platform.system()}",
             "python": platform.python_version(), "paddle": paddle.__version__, "epochs": args.epochs,
             "load_before": [round(v, 2) for v in os.getloadavg()]}
-    train_meta = generate(work_dir, "train", args.rows, TRAIN_SEED, args.interaction_scale)
-    test_meta = generate(work_dir, "test", args.test_rows, TEST_SEED, args.interaction_scale)
+    gen_args = shlex.split(args.gen_args)
+    train_meta = generate(work_dir, "train", args.rows, TRAIN_SEED, args.interaction_scale, gen_args)
+    test_meta = generate(work_dir, "test", args.test_rows, TEST_SEED, args.interaction_scale, gen_args)
     results = []
     for name in models:
         save_dir = os.path.join(work_dir, "checkpoints", name)
