@@ -41,11 +41,33 @@ def hash_categorical(column: int, value: str, sparse_feature_number: int) -> int
     return 1 + fnv1a64(value.encode("utf-8"), int(_COLUMN_STATES[column])) % (sparse_feature_number - 1)
 
 
+def key_state(key: str) -> int:
+    """The FNV-1a-64 state after the prefix f"{key}:" (a schema field's hash key is its slot name)."""
+    return fnv1a64(f"{key}:".encode("utf-8"))
+
+
+def hash_value(key: str, value: str | bytes, sparse_feature_number: int) -> int:
+    """The id of categorical `value` of the field whose hash key (slot name) is `key`; 0 for an empty value.
+    `hash_value(str(k), v, n) == hash_categorical(k, v, n)` for Criteo's columns k = 1..26."""
+    if sparse_feature_number < 2:
+        raise ValueError(f"sparse_feature_number must be >= 2, got {sparse_feature_number}")
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    if not data:
+        return 0
+    return 1 + fnv1a64(data, key_state(key)) % (sparse_feature_number - 1)
+
+
 def hash_spans(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, columns: np.ndarray,
                sparse_feature_number: int) -> np.ndarray:
     """Vectorised `hash_categorical` of the byte spans buf[starts[i] : starts[i] + lengths[i]] (1-D int arrays
     of equal length; `columns` in 1..26) -> int64 ids. Empty spans give 0. Equal to the scalar version."""
-    state = _COLUMN_STATES[columns]
+    return hash_spans_from_states(buf, starts, lengths, _COLUMN_STATES[columns], sparse_feature_number)
+
+
+def hash_spans_from_states(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, state: np.ndarray,
+                           sparse_feature_number: int) -> np.ndarray:
+    """Like `hash_spans`, each span hashed from its own prefix state (uint64, see `key_state`)."""
+    state = np.asarray(state, dtype=np.uint64)
     last = buf.size - 1
     prime = np.uint64(FNV_PRIME)
     for j in range(int(lengths.max(initial=0))):

@@ -17,7 +17,9 @@ lines that block-level checks cannot vouch for go through the per-line Python pa
 """
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -41,9 +43,15 @@ class ParseResult(NamedTuple):
 
 
 class DataFormatError(ValueError):
-    """A malformed input line: `str(err)` is "<source>:<line number>: <reason>"."""
+    """A malformed input line: `str(err)` is "<source>:<line number>: <reason>".
 
-    def __init__(self, source: str, line_number: int, reason: str):
+    Also constructible from one message (what `paddle.io.DataLoader` does when it re-raises an error of a worker
+    process: `DataFormatError("DataLoader worker(0) caught ... <traceback>")`): the original one-line error is
+    recovered from the traceback text, so the user sees the same line as with num_workers 0."""
+
+    def __init__(self, source: str, line_number: int | None = None, reason: str | None = None):
+        if line_number is None and reason is None:
+            source, line_number, reason = _recover_error(str(source))
         super().__init__(f"{source}:{line_number}: {reason}")
         self.source, self.line_number, self.reason = source, line_number, reason
 
@@ -51,11 +59,29 @@ class DataFormatError(ValueError):
         return DataFormatError, (self.source, self.line_number, self.reason)
 
 
+_ERROR_LINE = re.compile(r"DataFormatError: (.*):(\d+): (.*)$")
+
+
+def _recover_error(message: str) -> tuple[str, int, str]:
+    """(source, line, reason) from the last "DataFormatError: <source>:<line>: <reason>" line of a traceback
+    text; a message without one becomes ("<unknown>", 0, message)."""
+    for line in reversed(message.strip().splitlines()):
+        match = _ERROR_LINE.search(line)
+        if match:
+            return match.group(1), int(match.group(2)), match.group(3)
+    text = message.strip().splitlines()
+    return "<unknown>", 0, text[-1] if text else message
+
+
 class Layout(NamedTuple):
-    """What a file's lines look like: format "slot" or "raw", and whether they carry a click label."""
+    """What a file's lines look like: format "slot" or "raw" (Criteo) or "slot" / "csv" / "tsv" (a schema), and
+    whether they carry a label. For csv/tsv: the file's column names (from its header or the schema's
+    `columns`) and the number of its header line (0: none), which parse_block skips."""
 
     fmt: str
     labeled: bool
+    columns: tuple[str, ...] | None = None
+    header_line: int = 0
 
 
 class _LineError(Exception):
@@ -107,10 +133,13 @@ def _as_float32(value: float, text: bytes, what: str) -> float:
     return value
 
 
-def _parse_id(text: bytes, slot: int, sparse_feature_number: int) -> int:
+def _parse_id(text: bytes, slot: int | str, sparse_feature_number: int) -> int:
     if not text.isdigit():  # bytes.isdigit: ASCII digits only, False for b""
         raise _LineError(f"slot {slot}: id {_show(text)} is not a non-negative integer")
-    value = int(text)
+    if len(text.lstrip(b"0")) > len(str(sparse_feature_number)):  # no int() of thousands of digits
+        shown = text.decode() if len(text) <= 40 else f"{text[:20].decode()}...({len(text)} digits)"
+        raise _LineError(f"slot {slot}: id {shown} is out of range [0, {sparse_feature_number})")
+    value = int(text.lstrip(b"0") or b"0")
     if value >= sparse_feature_number:
         raise _LineError(f"slot {slot}: id {value} is out of range [0, {sparse_feature_number})")
     return value
@@ -347,10 +376,31 @@ def _empty_batch(rows: int, labeled: bool) -> Batch:
                  np.zeros((rows, 1), dtype=np.float32) if labeled else None)
 
 
-def parse_block(block: bytes, layout: Layout, spec: FeatureSpec, source: str, first_line_number: int,
-                skip_bad: bool) -> tuple[Batch, list[DataFormatError]]:
+def criteo_spec(spec) -> FeatureSpec | None:
+    """The Criteo FeatureSpec behind `spec` (a FeatureSpec, or a FeatureSchema that is Criteo's), else None: the
+    schema is parsed by ctrkit.data.generic."""
+    if isinstance(spec, FeatureSpec):
+        return spec
+    return _schema_spec(spec)
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_spec(schema) -> FeatureSpec | None:
+    return schema.feature_spec()
+
+
+def parse_block(block: bytes, layout: Layout, spec, source: str, first_line_number: int,
+                skip_bad: bool, stats=None) -> tuple[Batch, list[DataFormatError]]:
     """Parse `block` (whole lines, each ending with b"\\n") -> (batch, errors of the skipped lines).
-    Without `skip_bad` the first malformed line raises DataFormatError."""
+    Without `skip_bad` the first malformed line raises DataFormatError. `spec`: a FeatureSpec or a
+    FeatureSchema (non-Criteo schemas go to ctrkit.data.generic; `stats`, a Counter, then receives the
+    truncated multi-valued lists per field)."""
+    criteo = criteo_spec(spec)
+    if criteo is None:
+        from ctrkit.data import generic
+
+        return generic.parse_block(block, layout, spec, source, first_line_number, skip_bad, stats)
+    spec = criteo
     if b"\r" in block:  # Windows line endings: same lines, and the vectorised path applies
         block = block.replace(b"\r\n", b"\n")
     rows = block.count(b"\n")
@@ -429,9 +479,16 @@ def detect_layout(line: bytes | str) -> Layout | None:
 _FORMAT_NAMES = {"slot": "slot format (click:/dense_feature: tokens)", "raw": "raw Criteo (tab-separated)"}
 
 
-def find_layout(block: bytes, spec: FeatureSpec, source: str, first_line_number: int) -> Layout | None:
+def find_layout(block: bytes, spec, source: str, first_line_number: int) -> Layout | None:
     """The layout of a file from its first lines: the first line that looks like either format decides (a
-    malformed line before it is reported when parsed). None when the block holds only blank lines."""
+    malformed line before it is reported when parsed). None when the block holds only blank lines.
+    `spec`: FeatureSpec or FeatureSchema (a header line of a CSV/TSV schema must be the block's first line)."""
+    criteo = criteo_spec(spec)
+    if criteo is None:
+        from ctrkit.data import generic
+
+        return generic.find_layout(block, spec, source, first_line_number)
+    spec = criteo
     lines = block.split(b"\n")
     for i, line in enumerate(lines):
         layout = detect_layout(line)
@@ -449,14 +506,90 @@ def find_layout(block: bytes, spec: FeatureSpec, source: str, first_line_number:
                           f"{_FORMAT_NAMES['raw']} with 40 or 39 columns")
 
 
-def parse_lines(lines: Iterable[str | bytes], spec: FeatureSpec, source: str = "<input>",
-                first_line_number: int = 1, skip_bad: bool = False) -> ParseResult:
+def parse_lines(lines: Iterable[str | bytes], spec, source: str = "<input>",
+                first_line_number: int = 1, skip_bad: bool = False, stats=None) -> ParseResult:
     """Parse text lines (str or bytes, one line each, with or without the newline) into one Batch.
-    The format (and whether there are labels) comes from the lines themselves unless spec.data_format says."""
+    The format (and whether there are labels) comes from the lines themselves unless spec.data_format says.
+    `spec`: FeatureSpec or FeatureSchema; a CSV/TSV schema with `header: true` expects the header as the first
+    line when first_line_number is 1 (to parse later chunks of a file, use `FileParser`)."""
     stripped = [(line.encode("utf-8") if isinstance(line, str) else line) for line in lines]
     if not stripped:
-        return ParseResult(_empty_batch(0, False), 0)
+        return ParseResult(_empty_for(spec, 0, False), 0)
     block = b"\n".join(line[:-1] if line.endswith(b"\n") else line for line in stripped) + b"\n"
-    layout = find_layout(block, spec, source, first_line_number) or Layout("slot", False)  # blank lines only
-    batch, errors = parse_block(block, layout, spec, source, first_line_number, skip_bad)
+    layout = find_layout(block, spec, source, first_line_number) or _blank_layout(spec)
+    batch, errors = parse_block(block, layout, spec, source, first_line_number, skip_bad, stats)
     return ParseResult(batch, len(errors))
+
+
+def _blank_layout(spec) -> Layout:
+    """The layout a block of blank lines only is parsed with (every line is then an error)."""
+    if criteo_spec(spec) is not None:
+        return Layout("slot", False)
+    return Layout("slot", False) if spec.format in ("auto", "slot") else Layout(
+        spec.format, False, tuple(c for c in spec.columns or spec.feature_names if c != spec.label.name))
+
+
+def _empty_for(spec, rows: int, labeled: bool) -> Batch:
+    if criteo_spec(spec) is not None:
+        return _empty_batch(rows, labeled)
+    from ctrkit.data.generic import empty_batch
+
+    return empty_batch(spec, rows, labeled)
+
+
+class FileParser:
+    """Parses one file (or upload) given chunk by chunk, with its format detected at its first data line and
+    locked for the rest (a line in another format is an error that says so), for a FeatureSpec or a
+    FeatureSchema (a header line is read from the first chunk). `truncated` counts truncated multi-valued
+    lists per field; `skipped` the lines dropped with skip_bad."""
+
+    def __init__(self, spec, source: str = "<input>", skip_bad: bool = False):
+        from collections import Counter
+
+        self.spec, self.source, self.skip_bad = spec, source, skip_bad
+        self.layout: Layout | None = None
+        self.detected_at = 0
+        self.skipped = 0
+        self.truncated = Counter()
+
+    def parse(self, lines: Iterable[str | bytes], first_line_number: int) -> Batch:
+        stripped = [(line.encode("utf-8") if isinstance(line, str) else line) for line in lines]
+        if not stripped:
+            return _empty_for(self.spec, 0, bool(self.layout and self.layout.labeled))
+        block = b"\n".join(line[:-1] if line.endswith(b"\n") else line for line in stripped) + b"\n"
+        return self.parse_block(block, first_line_number)
+
+    def parse_block(self, block: bytes, first_line_number: int) -> Batch:
+        """`block`: whole lines each ending with b"\\n", the first being line `first_line_number`."""
+        if self.layout is None:
+            self.layout = find_layout(block, self.spec, self.source, first_line_number)
+            self.detected_at = first_line_number
+        layout = self.layout or _blank_layout(self.spec)
+        try:
+            batch, errors = parse_block(block, layout, self.spec, self.source, first_line_number, self.skip_bad,
+                                        self.truncated)
+        except DataFormatError as exc:
+            raise self._reworded(exc, block, first_line_number) from None
+        self.skipped += len(errors)
+        return batch
+
+    def _reworded(self, exc: DataFormatError, block: bytes, first_line_number: int) -> DataFormatError:
+        if self.layout is None:
+            return exc
+        lines = block.split(b"\n")
+        index = exc.line_number - first_line_number
+        line = lines[index] if 0 <= index < len(lines) else b""
+        criteo = criteo_spec(self.spec)
+        if criteo is not None:
+            shown = detect_layout(line)
+            if shown is None or shown == self.layout:
+                return exc
+            reason = (f"this line is {_FORMAT_NAMES[shown.fmt]} but the file is {_FORMAT_NAMES[self.layout.fmt]} "
+                      f"(from its first data line); a file must keep one format")
+        else:
+            from ctrkit.data.generic import check_line_format
+
+            reason = check_line_format(line, self.layout, self.spec)
+            if reason is None:
+                return exc
+        return DataFormatError(exc.source, exc.line_number, reason)

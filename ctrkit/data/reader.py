@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ctrkit.data.parsing import Batch, DataFormatError, Layout, find_layout, parse_block
+from ctrkit.data.parsing import Batch, DataFormatError, Layout, _blank_layout, find_layout, parse_block
 from ctrkit.data.spec import FeatureSpec
+
+if TYPE_CHECKING:  # ctrkit.schema imports ctrkit.data.spec, so no import at run time
+    from ctrkit.schema import FeatureSchema
 
 log = logging.getLogger("ctrkit.data")
 
@@ -77,9 +81,12 @@ class ParsedBlock(NamedTuple):
     errors: list[DataFormatError]
 
 
-def iter_parsed_blocks(files: Sequence[str], spec: FeatureSpec, *, skip_bad: bool = False, shard_index: int = 0,
-                       shard_count: int = 1, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[ParsedBlock]:
-    """This shard's blocks of `files`, parsed, in file order. All files must agree on having labels."""
+def iter_parsed_blocks(files: Sequence[str], spec: FeatureSpec | FeatureSchema, *, skip_bad: bool = False,
+                       shard_index: int = 0, shard_count: int = 1, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                       stats: Counter | None = None) -> Iterator[ParsedBlock]:
+    """This shard's blocks of `files`, parsed, in file order. All files must agree on having labels. Each file's
+    format is detected once, from its first data line (or header), and locked for the whole file. `stats`
+    (a Counter) receives truncated multi-valued lists per field name."""
     block_number = 0
     labeled_by: tuple[str, bool] | None = None  # (first file with lines, whether it has labels)
     for path in files:
@@ -94,7 +101,8 @@ def iter_parsed_blocks(files: Sequence[str], spec: FeatureSpec, *, skip_bad: boo
             block_number += 1
             if mine:
                 # a block of blank lines only, before any data line, is parsed as such: every line is an error
-                batch, errors = parse_block(block, layout or Layout("slot", False), spec, path, first_line, skip_bad)
+                batch, errors = parse_block(block, layout or _blank_layout(spec), spec, path, first_line, skip_bad,
+                                            stats)
                 yield ParsedBlock(path, batch, errors)
 
 
@@ -144,9 +152,10 @@ class _ShuffleBuffer:
 
 class BatchStream:
     """Iterator of `Batch`es (see `iter_batches`). After iteration, `samples` is the number of rows yielded and
-    `skipped` the number of malformed lines dropped (with skip_bad=True; each file's count is also logged)."""
+    `skipped` the number of malformed lines dropped (with skip_bad=True; each file's count is also logged);
+    `truncated` (a Counter) the multi-valued lists longer than their field's max_len, per field (cut, logged)."""
 
-    def __init__(self, files: list[str], spec: FeatureSpec, batch_size: int, *, shuffle_buffer: int, seed: int,
+    def __init__(self, files: list[str], spec: FeatureSpec | FeatureSchema, batch_size: int, *, shuffle_buffer: int, seed: int,
                  skip_bad: bool, shard_index: int, shard_count: int, drop_last: bool, block_bytes: int):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -160,6 +169,7 @@ class BatchStream:
         self.drop_last, self.block_bytes = drop_last, block_bytes
         self.samples = 0
         self.skipped = 0
+        self.truncated: Counter = Counter()
         self._batches = self._generate()
 
     def __iter__(self) -> "BatchStream":
@@ -177,7 +187,8 @@ class BatchStream:
             np.random.default_rng(self.seed).shuffle(files)
         skipped_in: dict[str, tuple[int, DataFormatError]] = {}  # path -> (count, first error)
         for parsed in iter_parsed_blocks(files, self.spec, skip_bad=self.skip_bad, shard_index=self.shard_index,
-                                         shard_count=self.shard_count, block_bytes=self.block_bytes):
+                                         shard_count=self.shard_count, block_bytes=self.block_bytes,
+                                         stats=self.truncated):
             if parsed.errors:
                 self.skipped += len(parsed.errors)
                 count, first = skipped_in.get(parsed.path, (0, parsed.errors[0]))
@@ -187,6 +198,9 @@ class BatchStream:
                 yield [batch.dense, batch.sparse] + ([batch.label] if batch.label is not None else [])
         for path, (count, first) in skipped_in.items():
             log.warning("%s: skipped %d malformed line(s) (skip_bad); first: %s", path, count, first)
+        if self.truncated:
+            log.info("multi-valued lists truncated to max_len: %s",
+                     ", ".join(f"{name} {count}" for name, count in sorted(self.truncated.items())))
 
     def _generate(self) -> Iterator[Batch]:
         blocks = self._row_blocks()
@@ -222,7 +236,8 @@ def _batch(columns: list[np.ndarray]) -> Batch:
     return Batch(columns[0], columns[1], columns[2] if len(columns) > 2 else None)
 
 
-def iter_batches(paths: str | os.PathLike | Sequence[str | os.PathLike], spec: FeatureSpec, batch_size: int, *,
+def iter_batches(paths: str | os.PathLike | Sequence[str | os.PathLike], spec: FeatureSpec | FeatureSchema,
+                 batch_size: int, *,
                  shuffle_buffer: int = 0, seed: int = 0, skip_bad: bool = False, shard_index: int = 0,
                  shard_count: int = 1, drop_last: bool = False,
                  block_bytes: int = DEFAULT_BLOCK_BYTES) -> BatchStream:

@@ -51,7 +51,7 @@ INTERACTING_PAIRS = 8
 DENSE_WEIGHT_SD = 0.6
 POSITIVE_RATE = 0.25
 PART_NAME = "part-{:05d}.txt"
-_PART_PATTERN = re.compile(r"part-\d{5}\.txt")
+_PART_PATTERN = re.compile(r"part-\d{5}\.(txt|csv|tsv)")
 
 
 @dataclass
@@ -181,26 +181,42 @@ def generate_chunks(rows: int, seed: int, truth: GroundTruth, spec: FeatureSpec,
         yield lines, probs, labels
 
 
-def _prepare_output_dir(out_dir: str) -> None:
-    """Create `out_dir`, or clear the part files of an earlier run; anything else in it is an error
-    (the directory is used as a data dir, so a stray file would become training data)."""
+def prepare_output(out_dir: str, truth_path: str, overwrite: bool = True) -> list[str]:
+    """Create `out_dir` for a new data set. Anything but part files in it is an error (the directory is used as a
+    data dir, so a stray file would become training data). The part files and the truth file of an earlier run
+    are removed with `overwrite` (returns what was removed) and otherwise refused, so runs never mix."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} is a file, not a data directory")
     os.makedirs(out_dir, exist_ok=True)
     names = [n for n in os.listdir(out_dir) if not n.startswith(".")]
     strangers = [n for n in names if not _PART_PATTERN.fullmatch(n)]
     if strangers:
         raise ValueError(f"{out_dir} holds files that are not generated data ({', '.join(sorted(strangers)[:3])}); "
                          "use an empty or new directory")
-    for name in names:
-        os.remove(os.path.join(out_dir, name))
+    old = [os.path.join(out_dir, n) for n in sorted(names)]
+    if os.path.isdir(truth_path):
+        raise ValueError(f"the truth file {truth_path} is a directory")
+    if os.path.exists(truth_path):
+        old.append(truth_path)
+    if old and not overwrite:
+        parts = f"{len(names)} data file(s) in {out_dir}" if names else ""
+        truth = truth_path if os.path.exists(truth_path) else ""
+        raise ValueError(f"{' and '.join(x for x in (parts, truth) if x)} already exist from an earlier run; pass "
+                         f"--overwrite to replace them, or choose a new --out")
+    for path in old:
+        os.remove(path)
+    return old
 
 
 def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", files: int = 1,
                      truth_path: str | None = None, truth_seed: int = DEFAULT_TRUTH_SEED, with_labels: bool = True,
-                     spec: FeatureSpec | None = None, interaction_scale: float = 1.0) -> dict:
+                     spec: FeatureSpec | None = None, interaction_scale: float = 1.0,
+                     overwrite: bool = True) -> dict:
     """Write `rows` rows into `files` files `out_dir`/part-NNNNN.txt and each row's true click probability
     (one per line, same order) to `truth_path` (default `<out_dir>.truth.txt`). Returns the summary
     {"rows", "positive_rate", "bayes_auc", "bayes_logloss"} (labels vs true probabilities; exact).
-    Labels are drawn even without `with_labels` (the files then just omit them), so the rows are the same."""
+    Labels are drawn even without `with_labels` (the files then just omit them), so the rows are the same.
+    An earlier run's part files and truth file are replaced only with `overwrite` (else ValueError)."""
     if not 1 <= files <= rows:
         raise ValueError(f"need 1 <= files <= rows, got rows={rows}, files={files}")
     if fmt not in ("slot", "raw"):
@@ -210,7 +226,7 @@ def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", f
     truth_path = truth_path or out_dir + ".truth.txt"
     if os.path.dirname(os.path.abspath(truth_path)) == os.path.abspath(out_dir):
         raise ValueError(f"the truth file {truth_path} must not be inside the data directory {out_dir}")
-    _prepare_output_dir(out_dir)
+    prepare_output(out_dir, truth_path, overwrite)
     truth = make_ground_truth(truth_seed, spec, interaction_scale)
     sizes = [rows * (i + 1) // files - rows * i // files for i in range(files)]
     parts = (os.path.join(out_dir, PART_NAME.format(i)) for i in range(files))
