@@ -42,6 +42,12 @@ class CTRPredictor:
 
     def __init__(self, model_dir: str | os.PathLike, *, backend: str = "paddle", cpu_threads: int = 1,
                  enable_mkldnn: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, check_golden: bool = True):
+        import sys
+
+        if "paddle" not in sys.modules:  # MKL's fast path on AMD CPUs, as the tools do (before paddle loads)
+            from ctrkit.cpu_env import configure_cpu_env
+
+            configure_cpu_env()
         from ctrkit.inference import PredictorOptions
         from ctrkit.runtime import BatchingOptions, ModelRuntime, RuntimeOptions
 

@@ -36,7 +36,11 @@ _EXTRA_OF = {
 
 
 def _run(module: str) -> None:
-    """Run `module` as `__main__` (argv unchanged, so `--help` shows the console script's name)."""
+    """Run `module` as `__main__` (argv unchanged, so `--help` shows the console script's name), after the
+    process-wide CPU settings every entry point applies (ctrkit.cpu_env; before paddle is imported)."""
+    from ctrkit.cpu_env import configure_cpu_env
+
+    configure_cpu_env()
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=False)
     except ModuleNotFoundError as exc:
