@@ -259,6 +259,9 @@ def prepare(inputs: str | Sequence[str], out_dir: str, spec: FeatureSpec, *,
             block_bytes: int = DEFAULT_BLOCK_BYTES, progress: bool = True) -> dict:
     """Preprocess `inputs` into shard directories `<out_dir>/<split>/`; returns a summary (rows per split,
     lines read, skipped lines, seconds, lines/s). Resumes an interrupted run into the same `out_dir`."""
+    from ctrkit.shards import criteo_only
+
+    spec = criteo_only(spec, f"prepare {out_dir}")  # a FeatureSpec, or a FeatureSchema that is Criteo's
     splits = dict(splits or DEFAULT_SPLITS)
     if lines_per_shard <= 0:
         raise PrepareError(f"lines_per_shard must be positive, got {lines_per_shard}")

@@ -51,6 +51,17 @@ class ShardError(ValueError):
     """A shard directory is missing, partial, corrupt or does not fit the configuration."""
 
 
+def criteo_only(spec, where: str) -> FeatureSpec:
+    """The Criteo FeatureSpec of `spec` (FeatureSpec or FeatureSchema); ShardError for any other schema."""
+    from ctrkit.data.parsing import criteo_spec
+
+    criteo = criteo_spec(spec)
+    if criteo is None:
+        raise ShardError(f"{where}: binary shards hold Criteo rows (13 dense features, 26 slots) and do not support "
+                         f"the dataset schema {spec.name!r} yet; train on its text files instead")
+    return criteo
+
+
 def id_dtype_for(spec: FeatureSpec) -> np.dtype:
     """int32 when every id of the spec fits, else int64."""
     return np.dtype(np.int32 if spec.sparse_feature_number <= np.iinfo(np.int32).max + 1 else np.int64)
@@ -204,8 +215,10 @@ class ShardSet:
     def spec(self) -> FeatureSpec:
         return FeatureSpec.from_dict(self.manifest["feature_spec"])
 
-    def check_spec(self, spec: FeatureSpec, what: str = "the configuration") -> None:
-        """Raise ShardError when the rows were made with other preprocessing values than `spec`'s."""
+    def check_spec(self, spec, what: str = "the configuration") -> None:
+        """Raise ShardError when the rows were made with other preprocessing values than `spec`'s (a FeatureSpec
+        or a FeatureSchema; shards hold Criteo rows only, so any other schema is refused)."""
+        spec = criteo_only(spec, f"{self.directory}: {what}")
         mine, theirs = self.manifest["feature_spec"], spec.to_dict()
         differ = [k for k in SPEC_VALUE_FIELDS if mine[k] != theirs[k]]
         if differ:

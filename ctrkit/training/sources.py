@@ -33,7 +33,7 @@ def open_source(config: Config, key: str) -> DataSource:
     try:
         if is_shard_dir(path):
             shards = open_shards(path)
-            shards.check_spec(config.feature_spec(), f"config {config.path}")
+            shards.check_spec(config.schema(), f"config {config.path}")
             return DataSource(shards=shards)
         return DataSource(files=list_data_files(path))
     except (FileNotFoundError, ValueError) as exc:  # ShardError is a ValueError
@@ -67,7 +67,7 @@ def train_batches(config: Config, source: DataSource, epoch: int,
         return to_tensors(rank_batches(batches, context))
     options = dict(shuffle_buffer=shuffle_buffer, seed=seed, skip_bad=config.runner["skip_bad_lines"],
                    shard_index=context.rank, shard_count=context.world)
-    spec = config.feature_spec()
+    spec = config.schema()  # the dataset: block, or Criteo (the data layer takes the Criteo fast path)
     if config.runner["num_workers"] == 0:
         return to_tensors(iter_batches(source.files, spec, batch_size, **options))
     dataset = _ErrorsAsItems(BatchDataset(source.files, spec, batch_size, **options))
@@ -116,6 +116,6 @@ def eval_batches(config: Config, source: DataSource, context: Context) -> Iterat
     if source.shards is not None:
         batches = iter_shard_batches(source.shards, batch_size)
     else:
-        batches = iter_batches(source.files, config.feature_spec(), batch_size,
+        batches = iter_batches(source.files, config.schema(), batch_size,
                                skip_bad=config.runner["skip_bad_lines"])
     return rank_batches(batches, context)
