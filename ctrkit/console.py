@@ -28,7 +28,7 @@ import sys
 
 # a missing third-party module -> the extra that provides it
 _EXTRA_OF = {
-    "grpc": "serving", "grpc_health": "serving", "prometheus_client": "serving", "flask": "serving",
+    "grpc": "serving", "grpc_health": "serving", "flask": "serving",
     "werkzeug": "serving", "waitress": "serving", "aiohttp": "serving", "redis": "serving", "requests": "serving",
     "onnxruntime": "serving", "tqdm": "train", "visualdl": "train", "paddle2onnx": "train", "onnx": "train",
     "psutil": "bench", "matplotlib": "bench", "pynvml": "bench",

@@ -69,3 +69,62 @@ def test_bad_input_is_a_clear_error(exported_deepfm, expected, tmp_path):
         api.predict(tmp_path / "missing", lines)
     with pytest.raises(ValueError, match="batch_size"):
         api.load(exported_deepfm, batch_size=0)
+
+
+def test_api_needs_only_the_core_requirements(exported_deepfm, slot_sample):
+    """`pip install ctrkit` without extras (requirements/core.txt) is enough for ctrkit.api and ctr-predict: run
+    them with every package outside core made unimportable."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_packaging_requirements import REPO, part_file, read_requirements
+
+    core = set(read_requirements(part_file("core")))
+    code = f"""
+import importlib, importlib.metadata, json, sys
+from packaging.utils import canonicalize_name
+core = {sorted(core)!r}
+mine = {{"ctrkit", "models", "serving", "tools"}}
+blocked = {{top for top, dists in importlib.metadata.packages_distributions().items()
+           if top not in mine and not any(canonicalize_name(d) in core for d in dists)}}
+blocked -= {{"packaging", "setuptools", "_distutils_hack", "pkg_resources"}}
+# what the core packages need themselves (their own requirements, transitively) stays importable
+def closure(names):
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            reqs = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for r in reqs:
+            if "extra ==" in r:
+                continue
+            todo.append(canonicalize_name(r.split(";")[0].split("[")[0].split(" ")[0].split(">")[0]
+                                          .split("=")[0].split("<")[0].split("!")[0].split("~")[0]))
+    return seen
+needed = closure(core)
+for top, dists in importlib.metadata.packages_distributions().items():
+    if any(canonicalize_name(d) in needed for d in dists):
+        blocked.discard(top)
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"{{name}} is not in requirements/core.txt")
+sys.meta_path.insert(0, Block())
+from ctrkit import api
+probs = api.predict(sys.argv[1], sys.argv[2])
+sys.path.insert(0, "tools")
+importlib.import_module("paddle_infer")
+print(json.dumps([len(probs), sorted(b for b in blocked if b in ("grpc", "flask", "visualdl", "onnx"))]))
+"""
+    result = subprocess.run([sys.executable, "-c", code, exported_deepfm, slot_sample], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows, blocked = json.loads(result.stdout.strip().splitlines()[-1])
+    assert rows == 80 and blocked == ["flask", "grpc", "onnx", "visualdl"]
