@@ -262,7 +262,7 @@ def test_infer_uses_the_hyper_parameters_the_checkpoint_was_trained_with(data, t
     assert result.returncode == 0, result.stderr
     assert '"samples": 100' in result.stdout.strip().splitlines()[-1]
     result = tool("infer.py", *trainer_args(data, save, "hyper_parameters.fc_sizes=[32]"))
-    assert_one_error_line(result, "hyper_parameters.fc_sizes=[16, 4], but -o gives [32]")
+    assert_one_error_line(result, "hyper_parameters.fc_sizes: -o gives [32]", "trained with [16, 4]")
 
 
 @pytest.mark.parametrize("inputs, out, expected", [

@@ -40,9 +40,9 @@ from ctrkit.training.device import DeviceError, seed_everything, select_device, 
 from ctrkit.training.evaluation import evaluate, predict
 from ctrkit.training.lookups import UniqueIdLookups
 from ctrkit.training.loop import TrainingError, train, train_one_epoch
-from ctrkit.training.model import build_configured_model, config_for_checkpoint
+from ctrkit.training.model import build_configured_model
 from ctrkit.training.optim import build_optimizer
 from ctrkit.training.report import format_result
 
-__all__ = ["DeviceError", "TrainingError", "UniqueIdLookups", "build_configured_model", "config_for_checkpoint", "build_optimizer", "evaluate",
+__all__ = ["DeviceError", "TrainingError", "UniqueIdLookups", "build_configured_model", "build_optimizer", "evaluate",
            "format_result", "predict", "seed_everything", "select_device", "start_run", "train", "train_one_epoch"]

@@ -1,6 +1,8 @@
 """Evaluation: score checkpoints on the test data with exact AUC and logloss, optionally writing predictions."""
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -9,15 +11,17 @@ import numpy as np
 import paddle
 
 from ctrkit import checkpoint
-from ctrkit.config import Config
+from ctrkit.config import Config, ConfigError
 from ctrkit.data import Batch
 from ctrkit.distributed import Context
 from ctrkit.metrics import auc, logloss
 from ctrkit.predictions import write_predictions
 from ctrkit.training.device import start_run
-from ctrkit.training.model import build_configured_model, config_for_checkpoint
 from ctrkit.training.progress import visualdl_writer
 from ctrkit.training.sources import eval_batches, open_source
+from ctrkit.zoo import ModelMismatchError, build_model_for_checkpoint
+
+log = logging.getLogger("ctrkit.training")
 
 
 def _predict_batches(model, batches: Iterable[Batch]) -> tuple[list[np.ndarray] | None, list[np.ndarray]]:
@@ -53,10 +57,16 @@ def evaluate(config: Config, on_epoch: Callable[[dict], None] | None = None) -> 
     with runner.use_fleet: every worker scores its slice and all predictions are gathered for one AUC)."""
     context, _ = start_run(config)
     load_path = config.runner["infer_load_path"] or config.runner["model_save_path"]
-    # the model and hyper-parameters the checkpoints were trained with (no need to repeat training's -o)
-    config = config_for_checkpoint(config, os.path.join(load_path, str(config.runner["infer_start_epoch"])))
+    # the model and hyper-parameters the checkpoints were trained with (no need to repeat training's -o); the
+    # test data is then read with them (e.g. the recorded sparse_feature_number)
+    try:
+        model = build_model_for_checkpoint(config, os.path.join(load_path, str(config.runner["infer_start_epoch"])),
+                                           logger=log)
+    except ModelMismatchError as exc:
+        raise ConfigError(str(exc)) from None
+    config = dataclasses.replace(config, hyper_parameters={**model.hp,
+                                                           "optimizer": config.hyper_parameters["optimizer"]})
     source = open_source(config, "test_data_dir")
-    model = build_configured_model(config)
     results = []
     writer = visualdl_writer(config, context, kind="eval")
     try:
