@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import tokenize
 
 from setuptools import find_packages, setup
@@ -139,6 +140,10 @@ class BuildPyRenamed(build_py):
         return outfile, copied
 
     def run(self):
+        # a stale build/lib (an earlier build in this checkout) would ship modules deleted since: start clean
+        if not self.dry_run:
+            for name in ("ctrkit", *RENAMES.values()):
+                shutil.rmtree(os.path.join(self.build_lib, name), ignore_errors=True)
         super().run()
         # tools/ is a folder of scripts, not a package: give the installed copy an __init__.py
         init = os.path.join(self.build_lib, "ctrkit_tools", "__init__.py")
