@@ -101,10 +101,21 @@ class UploadServer:
                 [sys.executable, "-m", "serving.upload", "--model", model_dir, "--port", str(self.port), *args],
                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         try:
+            self.wait_ready_line()
             wait_http_ok(self.url + "/ready", self.proc)
         except RuntimeError:
             self.stop()
             raise RuntimeError(f"upload server did not start; its log:\n{self.log()}") from None
+
+    def wait_ready_line(self, timeout_s: float = 300) -> None:
+        """The ready line: with --workers N the supervisor prints it once every worker is ready."""
+        deadline = time.monotonic() + timeout_s
+        while "serving.upload ready" not in self.log():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exited with status {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("no ready line")
+            time.sleep(0.1)
 
     def log(self) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:

@@ -1,83 +1,129 @@
-"""Batch prediction with Paddle Inference on an exported model (PaddleRec's paddle_infer.py flags).
+"""Batch prediction on an exported model, with PaddleRec's paddle_infer.py flags.
 
     python tools/paddle_infer.py --model_dir output/deepfm/inference --data_dir data/synthetic/test \\
         --batchsize 2048 --enable_mkldnn True --cpu_threads 1 --output preds.txt --save_log_path output/infer_log
+    python tools/paddle_infer.py --model_file output/deepfm/inference/tostatic.json \\
+        --params_file output/deepfm/inference/tostatic.pdiparams --data_dir data/synthetic/test --use_gpu False
+    python tools/paddle_infer.py --model_dir output/deepfm/inference --data_dir data/test --backend onnxruntime
 
-Reads slot or raw Criteo files (a file or a directory) with the shared data layer, scores every line with a
-golden-checked predictor from ctrkit.inference, and writes --output with one prediction per input line, in
-input order. Reports samples, samples/s, per-batch latency percentiles (after warm-up), preprocess /
-inference / postprocess time, and AUC / logloss when the lines carry labels. --save_log_path appends one JSON
-record per run (a directory gets paddle_infer.jsonl inside). A GPU or TensorRT request this build or machine
-cannot serve is an error (exit status 2), never a silent CPU run.
+Reads the data files (a file or a directory of them) with the shared lines path (`ctrkit.batch_predict`: the data
+layer parses them with the exported model's feature schema; each file's format is detected once and locked; the
+next batch is parsed while the current one is predicted), scores every line with a golden-checked model from the
+serving runtime's backends (`--backend paddle`, the default, or `onnxruntime` on the export's model.onnx), and
+writes --output with one prediction per input line, in input order (`%.9g`, ctrkit.predictions). Reports samples,
+samples/s, per-batch latency percentiles (after warm-up), preprocess / inference / postprocess time, and AUC /
+logloss when the lines carry labels. --save_log_path appends one JSON record per run (a directory gets
+paddle_infer.jsonl inside). A GPU or TensorRT request this build or machine cannot serve is an error (exit status
+2), never a silent CPU run.
+
+PaddleRec flags with no meaning here are accepted with a one-line warning saying why: --reader_file (lines are
+parsed by the data layer from the model's own schema, not by a reader module), --model_name (the name comes from
+the export's model_meta.json).
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
+import sys
 
 from ctrkit.cli import UserError, run_cli, setup_logging
-from ctrkit.inference import (TENSORRT_PRECISIONS, InferenceError, PredictorOptions,
-                              load_exported_model)
 
 LOG_FILE_NAME = "paddle_infer.jsonl"
+BACKENDS = ("paddle", "onnxruntime")
 
 
-def str2bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    from ctrkit.runtime.options import add_runtime_flags
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    flag = {"type": str2bool, "nargs": "?", "const": True, "default": False, "metavar": "BOOL"}
     model = parser.add_argument_group("model (--model_dir, or --model_file with --params_file)")
     model.add_argument("--model_dir", help="directory written by tools/to_static.py (or its serving_server/)")
     model.add_argument("--model_file", help="<prefix>.json of an exported model (model_meta.json beside it)")
     model.add_argument("--params_file", help="<prefix>.pdiparams (default: beside --model_file)")
-    parser.add_argument("--data_dir", required=True, help="slot or raw Criteo file, or a directory of them")
-    parser.add_argument("--batchsize", type=int, default=2048)
-    parser.add_argument("--use_gpu", **flag)
-    parser.add_argument("--gpu_id", type=int, default=0)
-    parser.add_argument("--enable_mkldnn", **flag, help="oneDNN on the CPU (set explicitly either way)")
-    parser.add_argument("--enable_tensorRT", **flag, help="TensorRT subgraphs (needs --use_gpu)")
-    parser.add_argument("--precision", choices=TENSORRT_PRECISIONS, default="fp32",
-                        help="TensorRT precision; fp16/int8 need --enable_tensorRT")
-    parser.add_argument("--cpu_threads", type=int, default=1, help="math threads per predictor")
-    parser.add_argument("--ir_optim", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL")
-    parser.add_argument("--memory_optim", **flag)
+    parser.add_argument("--data_dir", required=True, help="data file, or a directory of data files (no "
+                        "sub-directories); formats: those of the model's feature schema (slot / raw Criteo, ...)")
+    parser.add_argument("--batchsize", "--batch_size", dest="batchsize", type=int, default=2048,
+                        help="lines parsed and predicted per batch (>= 1)")
     parser.add_argument("--num_workers", type=int, default=None,
-                        help="worker processes that parse and predict, each with its own predictor (default: "
-                             "CPU cores / cpu_threads for inputs over 32 MB, else 0 = all in this process)")
+                        help="worker processes that parse and predict, each with its own model (default: CPU cores "
+                             "/ cpu_threads for inputs over 32 MB, else 0 = in this process, parsing the next batch "
+                             "while the current one is predicted)")
     parser.add_argument("--output", help="write one prediction per input line here")
-    parser.add_argument("--benchmark", **flag, help="print the full timing breakdown")
+    parser.add_argument("--benchmark", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                        help="print the full timing breakdown")
     parser.add_argument("--save_log_path", help="append the run's JSON record to this file (or <dir>/"
                                                 f"{LOG_FILE_NAME})")
-    return parser.parse_args()
+    parser.add_argument("--reader_file", help="PaddleRec's reader module: accepted and ignored (see below)")
+    parser.add_argument("--model_name", help="PaddleRec's model label: accepted and ignored (see below)")
+    add_runtime_flags(parser, serving=False, backends=BACKENDS)
+    return parser
 
 
-def predictor_options(args: argparse.Namespace) -> PredictorOptions:
-    if args.precision != "fp32" and not args.enable_tensorRT:
-        raise UserError(f"--precision {args.precision} needs --enable_tensorRT (Paddle Inference on the CPU runs fp32)")
-    if args.enable_tensorRT and not args.use_gpu:
-        raise UserError("--enable_tensorRT needs --use_gpu")
+def _bool(text: str) -> bool:
+    from ctrkit.runtime.options import str2bool
+
+    return str2bool(text)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag values that cannot work: one `error:` line (UserError)."""
+    if args.batchsize < 1:
+        raise UserError(f"--batchsize must be >= 1, got {args.batchsize}")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise UserError(f"--num_workers must be >= 0 (0: predict in this process), got {args.num_workers}")
+    if not args.data_dir:
+        raise UserError("--data_dir is empty; give a data file or a directory of data files")
+    if args.reader_file:
+        warn(f"--reader_file {args.reader_file} is ignored: lines are parsed by the toolkit's data layer with the "
+             "exported model's feature schema (model_meta.json), not by a reader module")
+    if args.model_name:
+        warn(f"--model_name {args.model_name} is ignored: the model and its name come from the export's "
+             "model_meta.json")
+
+
+def runtime_options(args: argparse.Namespace):
+    from ctrkit.runtime.options import options_from_args
+
     try:
-        return PredictorOptions(device="gpu" if args.use_gpu else "cpu", gpu_id=args.gpu_id,
-                                onednn=args.enable_mkldnn, cpu_threads=args.cpu_threads, ir_optim=args.ir_optim,
-                                memory_optim=args.memory_optim,
-                                tensorrt=args.precision if args.enable_tensorRT else None)
+        return options_from_args(args)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
 
 def load_model(args: argparse.Namespace):
+    from ctrkit.inference import load_exported_model
+
     if bool(args.model_dir) == bool(args.model_file):
         raise UserError("give either --model_dir or --model_file (with --params_file)")
     if args.params_file and not args.model_file:
         raise UserError("--params_file goes with --model_file")
-    return load_exported_model(args.model_dir or args.model_file, args.params_file)
+    for flag, path in (("--model_file", args.model_file), ("--params_file", args.params_file)):
+        if path and path.endswith(".pdmodel"):
+            prefix = path[:-len(".pdmodel")]
+            raise UserError(f"{flag} {path}: Paddle 3 exports write <prefix>.json (the new IR), not .pdmodel; "
+                            f"pass --model_file {prefix}.json --params_file {prefix}.pdiparams, or --model_dir "
+                            f"{os.path.dirname(path) or '.'} (tools/to_static.py writes tostatic.json)")
+    model = load_exported_model(args.model_dir or args.model_file, args.params_file)
+    if args.model_file:  # the runtime serves an export directory: the files must be that directory's own
+        own = load_exported_model(model.directory)
+        if (own.model_file, own.params_file) != (model.model_file, model.params_file):
+            raise UserError(f"--model_file/--params_file must be the files model_meta.json in {model.directory} "
+                            f"names ({own.model_file}, {own.params_file}); or pass --model_dir")
+    return model
+
+
+def data_files(data_dir: str) -> list[str]:
+    from ctrkit.data import list_data_files
+
+    try:
+        return list_data_files(data_dir)
+    except ValueError as exc:  # a sub-directory, or no file at all
+        raise UserError(f"--data_dir: {exc}") from None
 
 
 def log_path(path: str) -> str:
@@ -110,16 +156,19 @@ def summary(record: dict, detailed: bool) -> str:
 
 
 def main() -> int:
-    from ctrkit.batch_predict import default_workers, predict_files
-    from ctrkit.data import list_data_files
+    from ctrkit.cpu_env import configure_cpu_env
 
-    args = parse_args()
+    configure_cpu_env()
+    args = build_parser().parse_args()
+    check_args(args)
     setup_logging()
-    options = predictor_options(args)
+    options = runtime_options(args)
+    paths = data_files(args.data_dir)
     model = load_model(args)
-    paths = list_data_files(args.data_dir)
-    workers = default_workers(paths, options) if args.num_workers is None else args.num_workers
-    record = predict_files(model, options, paths, args.batchsize, workers, args.output)
+    from ctrkit.batch_predict import default_workers, predict_files
+
+    workers = default_workers(paths, options.predictor) if args.num_workers is None else args.num_workers
+    record = predict_files(model.directory, options, paths, args.batchsize, workers, args.output)
     print(summary(record, args.benchmark))
     if args.save_log_path:
         print(f"appended the run record to {append_record(args.save_log_path, record)}")
@@ -128,6 +177,6 @@ def main() -> int:
 
 if __name__ == "__main__":
     from ctrkit.data import DataFormatError
-    from ctrkit.inference import InputError
+    from ctrkit.inference import InferenceError, InputError
 
     run_cli(main, (InferenceError, DataFormatError, InputError))

@@ -1,28 +1,35 @@
-"""The Flask app: `POST /upload`, `GET /result/<user_id>`, `GET /health`, `GET /ready`.
+"""The Flask app: `POST /upload`, `GET /result/<user_id>`, `GET /health`, `GET /ready`, `GET /versions`,
+`GET /metrics`, and `GET /` (a small page for people: pick a file, see the ranking and a histogram).
 
-Every answer is JSON (`application/json`); errors are `{"code": <HTTP status>, "msg": "..."}` with the same
-status, and no traceback ever reaches a client (unexpected errors are logged and answered with 500).
+Every API answer is JSON (`application/json`; `/metrics` is Prometheus text, `/` HTML); errors are
+`{"code": <HTTP status>, "msg": "..."}` with the same status, and no traceback ever reaches a client (unexpected
+errors are logged and answered with 500).
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 
-from flask import Flask, Request, jsonify, request
+from flask import Flask, Request, Response, g, jsonify, request
+from prometheus_client import Counter, Histogram
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ctrkit.runtime import ModelRuntime, NotReadyError
 from serving.upload.saving import UploadSaver
-from serving.upload.scoring import AllPredictions, Scorer, Sink, TopK, UploadInputError
+from serving.upload.scoring import AllPredictions, Scorer, TopK, UploadInputError
 from serving.upload.settings import MIB, parse_bool
 from serving.upload.store import ResultStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TOP_K = re.compile(r"[0-9]{1,5}")  # ASCII digits only ("²" is a digit to str.isdigit, not to int())
 MAX_TOP_K = 10000
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
 UPLOAD_PARAMS = ("user_id", "full", "re_model", "save", "debug", "top_k")
 RESULT_PARAMS = ("top_k",)
 FILE_FIELD = "file"
@@ -68,7 +75,7 @@ def _user_id(text: str | None) -> str:
 def _top_k(text: str | None) -> int:
     if text is None:
         return UploadParams.top_k
-    if not text.isdigit() or not 1 <= int(text) <= MAX_TOP_K:
+    if not TOP_K.fullmatch(text) or not 1 <= int(text) <= MAX_TOP_K:
         raise BadParameter(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {text!r}")
     return int(text)
 
@@ -110,12 +117,41 @@ def error(status: int, msg: str):
     return response
 
 
-def create_app(scorer: Scorer, store: ResultStore, *, model_name: str, upload_dir: str,
-               max_upload_bytes: int) -> Flask:
+class UploadMetrics:
+    """The front-end's own metrics, in the runtime's registry (so /metrics shows both)."""
+
+    def __init__(self, registry):
+        self.requests = Counter("ctrkit_upload_http_requests", "HTTP requests by route and status code",
+                                ["route", "code"], registry=registry)
+        self.latency = Histogram("ctrkit_upload_http_request_seconds", "HTTP request time by route", ["route"],
+                                 buckets=(.001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60),
+                                 registry=registry)
+        self.lines = Counter("ctrkit_upload_lines", "Lines scored (uploads answered 200)", registry=registry)
+
+
+def create_app(runtime: ModelRuntime, scorer: Scorer, store: ResultStore, *, upload_dir: str,
+               max_upload_bytes: int, draining: threading.Event | None = None) -> Flask:
+    """`draining` (set on SIGTERM): /ready answers 503 (the server closes connections after each answer), while
+    requests already begun are still served."""
+    draining = draining or threading.Event()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     app.json.sort_keys = False
     app.json.compact = True
+    metrics = UploadMetrics(runtime.metrics.registry)
+    with open(PAGE, "rb") as f:
+        page = f.read()
+
+    @app.before_request
+    def started():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response):
+        route = request.url_rule.rule if request.url_rule is not None else "other"
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
 
     @app.errorhandler(BadParameter)
     @app.errorhandler(UploadInputError)
@@ -125,6 +161,10 @@ def create_app(scorer: Scorer, store: ResultStore, *, model_name: str, upload_di
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(exc: StoreUnavailable):
         return error(503, str(exc))
+
+    @app.errorhandler(NotReadyError)
+    def not_ready(exc: NotReadyError):
+        return error(503, f"no model is being served: {exc}")
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):
@@ -142,48 +182,79 @@ def create_app(scorer: Scorer, store: ResultStore, *, model_name: str, upload_di
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error(500, "internal server error (details are in the server log)")
 
+    @app.get("/")
+    def index():
+        return Response(page, content_type="text/html; charset=utf-8")
+
     @app.get("/health")
     def health():
         return jsonify(code=200, status="ok")
 
     @app.get("/ready")
     def ready():
-        # The predictor pool is built before the server listens, so answering at all means the model is ready.
-        return jsonify(code=200, status="ready", model=model_name, redis=store.status(), pid=os.getpid())
+        """200 only while a golden-checked model version is loaded and the worker is not draining."""
+        status = runtime.status()
+        current = runtime.current
+        answer = {"model": current.exported.name if current else None, "version": status.get("serving"),
+                  "backend": status["backend"], "redis": store.status(), "pid": os.getpid()}
+        if draining.is_set() or not runtime.ready:
+            response = jsonify(code=503, status="draining" if draining.is_set() or runtime.draining else "not ready",
+                               **answer)
+            response.status_code = 503
+            return response
+        return jsonify(code=200, status="ready", **answer)
+
+    @app.get("/versions")
+    def versions():
+        return jsonify(code=200, **runtime.status())
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(runtime.metrics.render(), content_type=runtime.metrics.content_type)
 
     @app.post("/upload")
     def upload():
         started = time.perf_counter()
         params = parse_upload_params(request)
         file = uploaded_file(request)
-        writer = store.writer(params.user_id) if params.re_model == "redis" else None
-        collector: Sink = writer or (AllPredictions() if params.full else TopK(params.top_k))
+        writers = []
+
+        def sink_for(model_name: str):
+            if params.re_model == "redis":
+                writers.append(store.writer(params.user_id, model_name))
+                return writers[-1]
+            return AllPredictions() if params.full else TopK(params.top_k)
+
+        if params.re_model == "redis":
+            store.check_enabled()  # 503 before reading the file
         saver = UploadSaver(upload_dir) if params.save else None
         saved_as = None
         try:
-            lines = saver.tee(file.stream) if saver else file.stream
-            count, timings = scorer.score(lines, collector)
-            if writer:
+            count, timings, sink = scorer.score(file.stream, sink_for, tee=saver.write if saver else None)
+            if writers:
                 commit_start = time.perf_counter()
-                writer.commit()
+                writers[0].commit()
                 timings.store_ms += (time.perf_counter() - commit_start) * 1e3
             if saver:
                 saved_as = saver.commit()
         except BaseException:
-            if writer:
+            for writer in writers:
                 writer.discard()
             if saver:
                 saver.discard()
             raise
-        answer = {"code": 200, "user_id": params.user_id, "count": count, **collector.answer()}
+        answer = {"code": 200, "user_id": params.user_id, "count": count, **sink.answer()}
         if saved_as:
             answer["saved_as"] = saved_as
         total_ms = (time.perf_counter() - started) * 1e3
         if params.debug:
             answer["debug"] = timings.as_dict(total_ms)
-        log.info("upload user=%s lines=%d re_model=%s full=%s %.1f ms", params.user_id, count, params.re_model,
-                 params.full, total_ms)
-        return jsonify(answer)
+        metrics.lines.inc(count)
+        log.info("upload user=%s lines=%d re_model=%s full=%s version=%s %.1f ms", params.user_id, count,
+                 params.re_model, params.full, timings.version, total_ms)
+        response = jsonify(answer)
+        response.headers["X-Model-Version"] = str(timings.version)
+        return response
 
     @app.get("/result/<user_id>")
     def result(user_id: str):
@@ -198,4 +269,3 @@ def create_app(scorer: Scorer, store: ResultStore, *, model_name: str, upload_di
                        data=[[s] for s in scores])
 
     return app
-

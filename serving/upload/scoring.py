@@ -1,5 +1,9 @@
-"""Score an uploaded file as it is read: `batch_size` lines at a time are parsed (`ctrkit.data.parse_lines`),
-predicted by a pooled predictor and handed to a sink, so memory is bounded by the batch, not the file.
+"""Score an uploaded file as it is read, through the toolkit's one lines -> predictions path
+(`ctrkit.batch_predict`): `batch_size` lines at a time are parsed by the data layer with the served model's
+feature schema (the file's format detected at its first line and locked), the next chunk is parsed while the
+current one is predicted by the runtime, and each chunk's predictions go to a sink, so memory is bounded by a few
+chunks, not the file. One upload is predicted by one model version from start to end (a hot swap meanwhile
+serves the next upload).
 
 Sinks: `TopK` keeps only the k best predictions, `AllPredictions` keeps one float32 per line (4 bytes a
 line, for full=true), and the Redis writer in `store.py` stores each batch as it comes.
@@ -8,14 +12,15 @@ Line numbers are 1-based physical line numbers of the uploaded file, in answers 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from ctrkit.data import DataFormatError, FeatureSpec, detect_layout, parse_lines
-from ctrkit.inference import PredictorPool
+from ctrkit.batch_predict import model_schema, score_stream
+from ctrkit.data import DataFormatError
+from ctrkit.runtime import ModelRuntime, RuntimeInputError
 
 
 class UploadInputError(ValueError):
@@ -31,14 +36,17 @@ class Sink(Protocol):
 
 @dataclass
 class Timings:
-    """Milliseconds spent per stage (for debug=true)."""
+    """Milliseconds spent per stage (for debug=true). Parsing runs in a background thread, overlapping
+    inference: parse_ms + inference_ms can exceed the total."""
     parse_ms: float = 0.0
     inference_ms: float = 0.0
     store_ms: float = 0.0
+    version: int | None = None
+    model: str = ""
 
     def as_dict(self, total_ms: float) -> dict:
         return {"parse_ms": round(self.parse_ms, 3), "inference_ms": round(self.inference_ms, 3),
-                "store_ms": round(self.store_ms, 3), "total_ms": round(total_ms, 3)}
+                "store_ms": round(self.store_ms, 3), "total_ms": round(total_ms, 3), "model_version": self.version}
 
 
 class TopK:
@@ -71,55 +79,53 @@ class AllPredictions:
         return {"dtype": "float32", "data": [[p] for p in np.concatenate(self.parts).tolist()]}
 
 
-def _batches(raw_lines: Iterable[bytes], batch_size: int) -> Iterator[tuple[int, list[bytes]]]:
-    """(first line number, lines) per batch of `batch_size` lines."""
-    batch: list[bytes] = []
-    first = 1
-    for number, line in enumerate(raw_lines, start=1):
-        batch.append(line)
-        if len(batch) == batch_size:
-            yield first, batch
-            first, batch = number + 1, []
-    if batch:
-        yield first, batch
-
-
 class Scorer:
-    """Parses and predicts uploads with a shared predictor pool (thread-safe: one predictor per batch)."""
+    """Parses and predicts uploads through the model runtime (thread-safe; uploads run concurrently)."""
 
-    def __init__(self, pool: PredictorPool, spec: FeatureSpec, batch_size: int):
-        self.pool = pool
-        self.spec = spec
+    def __init__(self, runtime: ModelRuntime, batch_size: int):
+        self.runtime = runtime
         self.batch_size = batch_size
+        self._schemas: dict[int, object] = {}
 
-    def score(self, raw_lines: Iterable[bytes], sink: Sink) -> tuple[int, Timings]:
-        """Feed every line's prediction to `sink`; returns (line count, timings).
-        Raises UploadInputError for a malformed line (naming it) or an empty upload."""
+    def _schema(self, model):
+        schema = self._schemas.get(model.version)
+        if schema is None:
+            schema = self._schemas[model.version] = model_schema(model.exported)
+        return schema
+
+    def score(self, stream: BinaryIO, sink_for: Callable[[str], Sink], *, tee=None) -> tuple[int, Timings, Sink]:
+        """Feed every line's prediction to the sink `sink_for(model name)` makes; returns (line count, timings,
+        sink). Raises UploadInputError for a malformed line (naming it) or an empty upload, NotReadyError when
+        no model version is served."""
         timings = Timings()
         count = 0
-        spec = self.spec
-        batches = _batches(raw_lines, self.batch_size)
-        while True:
-            start = time.perf_counter()
-            item = next(batches, None)
-            if item is None:
-                break
-            first, lines = item
+        with self.runtime.session() as model:  # one version for the whole upload
+            timings.version, timings.model = model.version, model.exported.name
+            sink = sink_for(model.exported.name)
+            names = {spec.kind: spec.name for spec in model.contract.inputs}
+            dense_name, sparse_name = names.get("dense"), names.get("sparse")
+
+            def predict(batch) -> np.ndarray:
+                inputs = {sparse_name: batch.sparse}
+                if dense_name is not None:
+                    inputs[dense_name] = batch.dense
+                return model.predict(inputs)
+
+            scored = score_stream(stream, "upload", self._schema(model), predict, self.batch_size, tee=tee)
             try:
-                batch = parse_lines(lines, spec, source="upload", first_line_number=first).batch
+                for item in scored:
+                    start = time.perf_counter()
+                    sink.add(item.chunk.first_line, item.probs)
+                    timings.store_ms += (time.perf_counter() - start) * 1e3
+                    timings.parse_ms += item.parse_s * 1e3
+                    timings.inference_ms += item.predict_s * 1e3
+                    count += len(item.probs)
             except DataFormatError as exc:
                 raise UploadInputError(f"line {exc.line_number}: {exc.reason}") from None
-            if spec.data_format == "auto":  # the rest of the file must keep the format it starts with
-                spec = replace(spec, data_format=detect_layout(lines[0]).fmt)
-            parsed = time.perf_counter()
-            with self.pool.acquire() as predictor:
-                probs = predictor.predict(batch.dense, batch.sparse)
-            predicted = time.perf_counter()
-            sink.add(first, probs)
-            timings.parse_ms += (parsed - start) * 1e3
-            timings.inference_ms += (predicted - parsed) * 1e3
-            timings.store_ms += (time.perf_counter() - predicted) * 1e3
-            count += len(probs)
+            except RuntimeInputError as exc:  # the parser vouches for lines; this names what the model refused
+                raise UploadInputError(f"the model refused a batch of lines: {exc}") from None
+            finally:
+                scored.close()
         if count == 0:
             raise UploadInputError("the uploaded file is empty (no lines)")
-        return count, timings
+        return count, timings, sink

@@ -1,41 +1,54 @@
-"""Load the model, build the app and serve it with waitress until SIGTERM or SIGINT.
+"""Start the model runtime, build the app and serve it with waitress; `--workers N` runs N such processes under the
+toolkit's one supervisor (`serving/supervisor.py`).
 
-Processes, not threads, are what use more cores here: Paddle Inference's CPU predictor holds the GIL for the
-whole of `run()` (measured: another Python thread of the process stalls for the full duration of a batch), so
-extra predictor threads in one process would just take turns. `--workers N` therefore starts N worker processes
-(spawned, each with its own model copy and predictor) that accept connections from one listening socket bound
-here; `--threads` are waitress's request threads within each process, and `--cpu_threads` lets one predictor use
-several cores for one batch. The parent supervises: SIGTERM/SIGINT stop every worker cleanly, and a worker that
-dies stops the service (exit status non-zero) rather than leaving it silently short of capacity.
+Processes, not threads, are what use more cores: Paddle Inference's CPU predictor holds the GIL for much of
+`run()`, so `--workers N` starts N complete server processes sharing the port (SO_REUSEPORT: the kernel spreads
+connections over them), each with its own runtime (model versions, golden checks, hot swap, batcher, metrics).
+The supervisor restarts a worker that dies, forwards SIGHUP (look for a new model version now) and drains every
+worker on SIGTERM; `/metrics` sums all workers (Prometheus multi-process mode). `--threads` are waitress's request
+threads within each process.
 
+Readiness is truthful: `/ready` answers 200 only while a golden-checked model version is loaded and the worker is
+not draining. The ready line (`serving.upload ready: model M version V http HOST:PORT`, on stdout) is printed once
+the socket listens with a checked model behind it. SIGTERM drains: /ready turns 503, the listening socket closes,
+requests in flight finish (up to --drain_timeout_s), then the process exits 0.
+
+Hardening against slow clients (waitress alone closes a connection only after `channel_timeout` of silence, so a
+client trickling a byte every 20 s holds it forever, and 100 of them exhaust waitress's connection limit): a
+request's headers must arrive within --header_timeout_s of its first byte, however slowly they trickle, or the
+connection is closed; idle keep-alive connections close after --idle_timeout_s; --max_connections per worker.
 Waitress answers some requests itself, before the app sees them (a body over the size limit, a malformed
 request); `JsonErrorTask` makes those answers JSON too, so a client never has to parse anything else.
 """
 from __future__ import annotations
 
+import _thread
 import json
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
+import sys
+import tempfile
+import threading
+import time
 
 import waitress
+from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, WSGITask
 
-from ctrkit.cli import run_cli, setup_logging
-from ctrkit.inference import InferenceError, PredictorOptions, PredictorPool, load_exported_model
+from ctrkit.runtime import MULTIPROC_ENV, ModelRuntime
 from serving.upload.app import create_app
 from serving.upload.scoring import Scorer
-from serving.upload.settings import MIB, UploadSettings
+from serving.upload.settings import MIB, READY_LINE, UploadSettings
 from serving.upload.store import ResultStore, redact_url
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT_S = 30  # how long workers get to finish requests in flight after SIGTERM
+MAINTENANCE_INTERVAL_S = 1.0  # how often connections are checked for header and idle timeouts
 
 
 class JsonErrorTask(ErrorTask):
@@ -56,115 +69,197 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
-class JsonErrorChannel(HTTPChannel):
+class DrainAwareTask(WSGITask):
+    """While the server drains, every answer closes its connection (`Connection: close`), so clients reconnect
+    to another worker."""
+
+    def build_response_header(self):
+        draining = getattr(self.channel.server, "draining", None)
+        if draining is not None and draining.is_set():
+            self.set_close_on_finish()
+        return super().build_response_header()
+
+
+class GuardedChannel(HTTPChannel):
+    """JSON error answers, closing answers while draining, and the time the current request's first byte arrived
+    (for the header timeout)."""
+
     error_task_class = JsonErrorTask
+    task_class = DrainAwareTask
+    header_started = 0.0
+
+    def received(self, data):
+        if data and self.request is None:  # the first bytes of a new request
+            self.header_started = time.time()
+        return super().received(data)
+
+    def headers_overdue(self, cutoff: float) -> bool:
+        request = self.request
+        return request is not None and not request.headers_finished and self.header_started < cutoff
 
 
-class _Stop(Exception):
-    """Raised by the signal handler to leave a blocking wait."""
+def _guarded_maintenance(header_timeout_s: float):
+    def maintenance(self, now: float) -> None:
+        BaseWSGIServer.maintenance(self, now)  # idle keep-alive connections (adj.channel_timeout)
+        cutoff = now - header_timeout_s
+        for channel in list(self.active_channels.values()):
+            if isinstance(channel, GuardedChannel) and not channel.will_close and channel.headers_overdue(cutoff):
+                log.info("closing connection from %s: request headers not complete within %g s", channel.addr,
+                         header_timeout_s)
+                channel.will_close = True
+    return maintenance
 
 
-def _raise_stop(signum, frame):
-    raise _Stop(signal.Signals(signum).name)
+def build_runtime(settings: UploadSettings) -> ModelRuntime:
+    """Load the highest good model version (golden-checked through the serving path) and watch for newer ones."""
+    runtime = ModelRuntime(settings.model, settings.runtime)
+    try:
+        runtime.start(watch=True)
+    except RuntimeError as exc:
+        if type(exc) is not RuntimeError:  # the runtime's "no version could be loaded (reasons)": a user error
+            raise
+        from ctrkit.inference import InferenceError
+
+        raise InferenceError(str(exc)) from None
+    return runtime
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # waitress's loop turns this into a clean shutdown
+def build_app(settings: UploadSettings, runtime: ModelRuntime, draining: threading.Event):
+    store = ResultStore(settings.redis_url, lambda: runtime.current.exported.name, settings.redis_ttl)
+    scorer = Scorer(runtime, settings.batch_size)
+    log.info("pid %d: model %s version %s from %s [%s]; redis %s; uploads up to %g MiB, save=true keeps them in %s",
+             os.getpid(), runtime.current.exported.name, runtime.version, settings.model,
+             settings.runtime.describe(), redact_url(settings.redis_url) if settings.redis_url else "disabled",
+             settings.max_upload_mb, os.path.abspath(settings.upload_dir))
+    return create_app(runtime, scorer, store, upload_dir=settings.upload_dir,
+                      max_upload_bytes=settings.max_upload_bytes, draining=draining)
 
 
-def build_app(settings: UploadSettings):
-    """Load the exported model, build the predictor (checked against the golden batch) and the app."""
-    exported = load_exported_model(settings.model)
-    options = PredictorOptions(device=settings.device, gpu_id=settings.gpu_id, onednn=settings.use_onednn,
-                               cpu_threads=settings.cpu_threads)
-    pool = PredictorPool(exported, options, size=1)  # one is enough: run() holds the GIL (module docstring)
-    scorer = Scorer(pool, exported.feature_spec, settings.batch_size)
-    store = ResultStore(settings.redis_url, exported.name, settings.redis_ttl)
-    log.info("pid %d: model %s from %s [%s]; redis %s; uploads up to %g MiB, save=true keeps them in %s",
-             os.getpid(), exported.name, settings.model, options.describe(),
-             redact_url(settings.redis_url) if settings.redis_url else "disabled", settings.max_upload_mb,
-             os.path.abspath(settings.upload_dir))
-    return create_app(scorer, store, model_name=exported.name, upload_dir=settings.upload_dir,
-                      max_upload_bytes=settings.max_upload_bytes)
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts from (bound once, so port 0 means one port for all)."""
+def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(address)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot bind {host}:{port}: {exc}") from None
     return sock
 
 
-def serve_socket(settings: UploadSettings, sock: socket.socket) -> None:
-    """Build the app and serve on `sock` until SIGTERM/SIGINT; requests in flight are finished first."""
-    app = build_app(settings)
-    socket_map: dict = {}
+def create_server(settings: UploadSettings, app, sock: socket.socket, draining: threading.Event):
+    """waitress on `sock`, with JSON error answers, the slow-client limits, and draining answers."""
     server = waitress.create_server(
-        app, map=socket_map, sockets=[sock], threads=settings.threads, ident="ctrkit-upload",
+        app, map={}, sockets=[sock], threads=settings.threads, ident="ctrkit-upload",
         # waitress rejects a body at or over this size from its Content-Length, before reading it.
-        max_request_body_size=settings.max_upload_bytes + 1)
-    for dispatcher in socket_map.values():
-        if isinstance(dispatcher, BaseWSGIServer):
-            dispatcher.channel_class = JsonErrorChannel
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    host, port = sock.getsockname()[:2]
-    log.info("pid %d: serving on http://%s:%s", os.getpid(), host, port)
-    server.run()
-    log.info("pid %d: stopped", os.getpid())
+        max_request_body_size=settings.max_upload_bytes + 1, connection_limit=settings.max_connections,
+        channel_timeout=settings.idle_timeout_s, cleanup_interval=MAINTENANCE_INTERVAL_S)
+    if not isinstance(server, BaseWSGIServer):  # one socket: waitress returns its server directly
+        raise RuntimeError(f"unexpected waitress server {type(server).__name__}")
+    server.__class__ = type("GuardedServer", (type(server),),
+                            {"channel_class": GuardedChannel,
+                             "maintenance": _guarded_maintenance(settings.header_timeout_s)})
+    server.draining = draining
+    return server
 
 
-def _worker(settings: UploadSettings, sock: socket.socket) -> None:
-    setup_logging()
-    run_cli(lambda: serve_socket(settings, sock), user_errors=(InferenceError,))
+class Drain:
+    """SIGTERM/SIGINT: report not ready and stop accepting connections, let every request already begun finish
+    (even one whose body is still arriving), then stop the runtime and leave waitress's loop."""
+
+    def __init__(self, server, runtime: ModelRuntime, draining: threading.Event, timeout_s: float):
+        self.server, self.runtime, self.draining, self.timeout_s = server, runtime, draining, timeout_s
+        self.finished = False
+
+    def __call__(self, signum, frame) -> None:  # runs on the main thread, inside waitress's loop
+        if self.finished:
+            raise KeyboardInterrupt  # waitress's loop ends on it
+        if self.draining.is_set():
+            return
+        self.draining.set()  # /ready answers 503; answers carry "Connection: close"
+        log.info("pid %d: %s: draining (requests in flight get up to %g s)", os.getpid(),
+                 signal.Signals(signum).name, self.timeout_s)
+        self.server.accepting = False
+        # close the listening socket (other workers take new connections) from inside the loop: closing it here,
+        # in a signal handler, could leave its fd in the poll set the interrupted loop retries
+        self.server.trigger.pull_trigger(lambda: wasyncore.dispatcher.close(self.server))
+        threading.Thread(target=self._finish, name="drain", daemon=True).start()
+
+    def _finish(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline and self._busy():
+            time.sleep(0.05)
+        self.runtime.drain()
+        self.runtime.wait_idle(max(0.0, deadline - time.monotonic()))
+        self.finished = True
+        _thread.interrupt_main()  # runs this handler on the main thread (within a second), which ends the loop
+
+    def _busy(self) -> bool:
+        dispatcher = self.server.task_dispatcher
+        if dispatcher.active_count or dispatcher.queue:
+            return True
+        return any(channel.requests or channel.total_outbufs_len  # answers being computed or written
+                   or (channel.request is not None and channel.request.headers_finished)  # a body arriving
+                   for channel in list(self.server.active_channels.values()))
 
 
-def serve(settings: UploadSettings) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit status (0: stopped cleanly)."""
-    sock = bind(settings.host, settings.port)
-    if settings.workers == 1:
-        serve_socket(settings, sock)
-        return 0
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: forking after Paddle's threads is unsafe
-    workers = [context.Process(target=_worker, args=(settings, sock), name=f"upload-worker-{i}")
-               for i in range(settings.workers)]
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
-    status = 0
+def serve_one(settings: UploadSettings, reuse_port: bool = False) -> int:
+    """One server process: runtime, app, waitress; until SIGTERM/SIGINT (drained). Returns the exit status."""
+    runtime = build_runtime(settings)
     try:
-        for worker in workers:
-            worker.start()
-        log.info("pid %d: supervising %d workers on %s:%s", os.getpid(), len(workers), *sock.getsockname()[:2])
-        ended = multiprocessing.connection.wait([w.sentinel for w in workers])
-        dead = next(w for w in workers if w.sentinel in ended)
-        dead.join()
-        log.error("worker %s (pid %d) exited with status %s; stopping the service", dead.name, dead.pid,
-                  dead.exitcode)
-        status = dead.exitcode if dead.exitcode and dead.exitcode > 0 else 1  # (< 0: killed by a signal)
-    except _Stop as stop:
-        log.info("%s: stopping %d workers", stop, len(workers))
+        draining = threading.Event()
+        app = build_app(settings, runtime, draining)
+        sock = listen_socket(settings.host, settings.port, reuse_port)
+        server = create_server(settings, app, sock, draining)
+        drain = Drain(server, runtime, draining, settings.drain_timeout_s)
+        signal.signal(signal.SIGTERM, drain)
+        signal.signal(signal.SIGINT, drain)
+        signal.signal(signal.SIGHUP, lambda signum, frame: runtime.reload())
+        host, port = sock.getsockname()[:2]
+        print(READY_LINE.format(model=runtime.current.exported.name, version=runtime.version, host=host, port=port),
+              flush=True)
+        log.info("pid %d: serving on http://%s:%s", os.getpid(), host, port)
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            pass
+        log.info("pid %d: stopped", os.getpid())
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        status = _stop_workers(workers) or status
-    return status
+        runtime.close()
+    return 0
 
 
-def _stop_workers(workers) -> int:
-    """SIGTERM every live worker, wait, SIGKILL stragglers; 1 if any had to be killed or failed to stop."""
-    started = [worker for worker in workers if worker.pid is not None]
-    for worker in started:
-        if worker.is_alive():
-            worker.terminate()
-    status = 0
-    for worker in started:
-        worker.join(STOP_TIMEOUT_S)
-        if worker.is_alive():
-            log.error("worker %s (pid %d) did not stop within %d s; killing it", worker.name, worker.pid,
-                      STOP_TIMEOUT_S)
-            worker.kill()
-            worker.join()
-            status = 1
-    return status
+def supervise(settings: UploadSettings, argv: list[str]) -> int:
+    """`--workers N`: N copies of this server on one port under the shared supervisor."""
+    from serving.supervisor import Supervisor
+
+    reserved = listen_socket(settings.host, settings.port, reuse_port=True)  # bound, not listening: the port
+    host, port = reserved.getsockname()[:2]
+    multiproc_dir = tempfile.mkdtemp(prefix="ctrkit-upload-metrics-")
+    env = {**os.environ, MULTIPROC_ENV: multiproc_dir}
+    command = [sys.executable, "-m", __package__, *argv, "--workers", "1", "--worker", "--port", str(port)]
+    supervisor = Supervisor(command, settings.workers, env=env, drain_timeout_s=settings.drain_timeout_s,
+                            is_ready=lambda line: line.startswith("serving.upload ready"),
+                            multiproc_dir=multiproc_dir)
+    try:
+        try:
+            lines = supervisor.start()
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            return 1
+        print(lines[0].strip() + f" workers {settings.workers}", flush=True)
+        return supervisor.supervise()
+    finally:
+        reserved.close()
+        shutil.rmtree(multiproc_dir, ignore_errors=True)
+
+
+def serve(settings: UploadSettings, argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status (0: stopped cleanly)."""
+    if settings.worker:
+        return serve_one(settings, reuse_port=True)
+    if settings.workers == 1:
+        return serve_one(settings)
+    return supervise(settings, sys.argv[1:] if argv is None else argv)

@@ -37,15 +37,22 @@ def redact_url(url: str) -> str:
 
 
 class ResultStore:
-    def __init__(self, url: str | None, model_name: str, ttl_s: int):
+    """`model_name()` gives the served model's name (the key of /result; an upload writes under the name of the
+    model version that scored it)."""
+
+    def __init__(self, url: str | None, model_name, ttl_s: int):
         self.url = url
-        self.model_name = model_name
+        self.model_name = model_name if callable(model_name) else (lambda: model_name)
         self.ttl_s = ttl_s
         self.client = (redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
                        if url else None)
 
-    def key(self, user_id: str) -> str:
-        return f"ctr:{self.model_name}:{user_id}"
+    def key(self, user_id: str, model_name: str | None = None) -> str:
+        return f"ctr:{model_name or self.model_name()}:{user_id}"
+
+    def check_enabled(self) -> None:
+        """StoreUnavailable (503) when redis mode is not configured."""
+        self._client()
 
     def _client(self) -> redis.Redis:
         if self.client is None:
@@ -67,8 +74,8 @@ class ResultStore:
         except UNREACHABLE:
             return "unreachable"
 
-    def writer(self, user_id: str) -> "RankingWriter":
-        return RankingWriter(self, self._client(), self.key(user_id))
+    def writer(self, user_id: str, model_name: str | None = None) -> "RankingWriter":
+        return RankingWriter(self, self._client(), self.key(user_id, model_name))
 
     def ranking(self, user_id: str, top_k: int) -> tuple[int, list[int], list[float]] | None:
         """(stored count, top line numbers, their scores) highest first, or None when nothing is stored."""
