@@ -110,34 +110,40 @@ class DynamicBatcher:
         return jobs, None, False
 
     def _work(self) -> None:
-        with self._pool.acquire() as instance:
-            carry: _Job | None = None
-            stop = False
-            while not stop:
-                first = carry if carry is not None else self._queue.get()
-                carry = None
-                if first is None:
-                    break
-                jobs, carry, stop = self._gather(first)
-                self._run(instance, jobs)
-            if carry is not None:  # stop arrived while a job was carried over: answer it before leaving
-                self._run(instance, [carry])
+        carry: _Job | None = None
+        stop = False
+        while not stop:
+            first = carry if carry is not None else self._queue.get()
+            carry = None
+            if first is None:
+                break
+            jobs, carry, stop = self._gather(first)
+            with self._pool.acquire() as instance:
+                run_jobs(instance, jobs, self._on_batch)
+        if carry is not None:  # stop arrived while a job was carried over: answer it before leaving
+            with self._pool.acquire() as instance:
+                run_jobs(instance, [carry], self._on_batch)
 
     def _run(self, instance, jobs: list[_Job]) -> None:
-        try:
-            if len(jobs) == 1:
-                outs = [instance.run(*jobs[0].arrays)]
-            else:
-                merged = instance.run(*(np.concatenate(parts) for parts in zip(*(j.arrays for j in jobs))))
-                outs = np.split(merged, np.cumsum([j.rows for j in jobs])[:-1])
-            self._on_batch(sum(j.rows for j in jobs))
-        except Exception as e:  # every waiting request gets the error; the worker lives on
-            log.exception("model call failed for a batch of %d request(s)", len(jobs))
-            for j in jobs:
-                j.done(None, e)
-            return
-        for j, out in zip(jobs, outs):
-            j.done(out, None)
+        run_jobs(instance, jobs, self._on_batch)
+
+
+def run_jobs(instance, jobs: list, on_batch: Callable[[int], None]) -> None:
+    """One model call for `jobs` (merged when several), each job answered with its own slice."""
+    try:
+        if len(jobs) == 1:
+            outs = [instance.run(*jobs[0].arrays)]
+        else:
+            merged = instance.run(*(np.concatenate(parts) for parts in zip(*(j.arrays for j in jobs))))
+            outs = np.split(merged, np.cumsum([j.rows for j in jobs])[:-1])
+        on_batch(sum(j.rows for j in jobs))
+    except Exception as e:  # every waiting request gets the error; the worker lives on
+        log.exception("model call failed for a batch of %d request(s)", len(jobs))
+        for j in jobs:
+            j.done(None, e)
+        return
+    for j, out in zip(jobs, outs):
+        j.done(out, None)
 
 
 class DirectRunner:
@@ -169,3 +175,71 @@ class DirectRunner:
 
     def close(self) -> None:
         """Nothing queued here: in-flight calls hold their instance until they return."""
+
+
+MAX_DEFERRALS = 4
+
+
+class LoopBatcher:
+    """Dynamic batching inside one asyncio event loop, without threads: a request appends its job and, if none
+    is pending, schedules a flush with `call_soon` (or `call_later(window)`). The flush runs after the loop has
+    handled every event that was ready (and up to MAX_DEFERRALS more turns while other callbacks are ready, such as
+    requests still being received), so the requests that arrived together are merged into one model call, run
+    inline. No thread hand-off per request: with Paddle (whose CPU run holds the GIL anyway) or a small
+    ONNX Runtime model that is the cheapest path. Used by asyncio front-ends through `predict_async`."""
+
+    def __init__(self, pool, loop, window_s: float, max_samples: int,
+                 on_batch: Callable[[int], None] = lambda n: None):
+        self._pool = pool
+        self._loop = loop
+        self._window_s = window_s
+        self._max_samples = max_samples
+        self._on_batch = on_batch
+        self._pending: list[_Job] = []
+        self._scheduled = False
+        self._deferred = 0
+        self._ready = getattr(loop, "_ready", None)  # asyncio's queue of ready callbacks (None on other loops)
+
+    def submit(self, arrays: tuple[np.ndarray, ...]):
+        """An asyncio future answered with float32 [B] (or the model's error)."""
+        future = self._loop.create_future()
+
+        def done(result, error) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        self._pending.append(_Job(arrays, done))
+        if not self._scheduled:
+            self._scheduled = True
+            if self._window_s:
+                self._loop.call_later(self._window_s, self._flush)
+            else:
+                self._loop.call_soon(self._flush)
+        return future
+
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def _flush(self) -> None:
+        # Other callbacks ready to run (requests being received or decoded, e.g. gRPC completions): let them
+        # run first and join this batch; a few rounds at most, so an always-busy loop still flushes.
+        if self._ready and self._deferred < MAX_DEFERRALS and \
+                sum(j.rows for j in self._pending) < self._max_samples:
+            self._deferred += 1
+            self._loop.call_soon(self._flush)
+            return
+        self._deferred = 0
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        while pending:
+            jobs, samples = [], 0
+            while pending and (not jobs or samples + pending[0].rows <= self._max_samples):
+                job = pending.pop(0)
+                jobs.append(job)
+                samples += job.rows
+            with self._pool.acquire() as instance:
+                run_jobs(instance, jobs, self._on_batch)

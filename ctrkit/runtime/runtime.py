@@ -24,7 +24,7 @@ import numpy as np
 
 from ctrkit.inference import GOLDEN_ATOL, META_FILE, ExportedModel, GoldenMismatchError, load_exported_model
 from ctrkit.runtime.backends import load_backend
-from ctrkit.runtime.batching import DirectRunner, DynamicBatcher
+from ctrkit.runtime.batching import DirectRunner, DynamicBatcher, LoopBatcher
 from ctrkit.runtime.contract import ModelContract, RuntimeInputError, contract_of
 from ctrkit.runtime.metrics import RuntimeMetrics
 from ctrkit.runtime.options import RuntimeOptions
@@ -59,11 +59,12 @@ class LoadedModel:
         self.exported: ExportedModel = load_exported_model(resolve_model_dir(path))
         self.contract: ModelContract = contract_of(self.exported)
         self.metrics = metrics.for_version(version, options.backend)
-        pool = load_backend(self.exported, options)  # golden-checks every instance (paddle, onnxruntime)
+        pool = self._pool = load_backend(self.exported, options)  # golden-checks every instance
         b = options.batching
         observe = self.metrics.model_samples.observe
         self._runner = (DynamicBatcher(pool, pool.size, b.window_ms / 1000.0, b.max_samples, observe,
                                        name=f"v{version}-batcher") if b.enabled else DirectRunner(pool, observe))
+        self._loop_batchers: dict = {}  # event loop -> LoopBatcher (asyncio front-ends)
         try:
             self.self_check()
         except Exception:
@@ -97,18 +98,19 @@ class LoadedModel:
         return out
 
     async def predict_async(self, inputs: dict) -> np.ndarray:
-        """predict() for asyncio front-ends: waits without blocking the event loop."""
+        """predict() for asyncio front-ends. Requests decoded in one turn of the event loop are merged into one
+        model call that runs inline on the loop (LoopBatcher): no thread hand-off per request."""
         arrays = self.check(inputs)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-
-        def done(result, error) -> None:
-            loop.call_soon_threadsafe(_settle, future, result, error)
-
-        self._runner.submit(arrays, done)
+        batcher = self._loop_batchers.get(loop)
+        if batcher is None:
+            b = self.options.batching
+            batcher = self._loop_batchers[loop] = LoopBatcher(
+                self._pool, loop, b.window_ms / 1000.0 if b.enabled else 0.0, b.max_samples if b.enabled else 1,
+                self.metrics.model_samples.observe)
         try:
-            out = await future
+            out = await batcher.submit(arrays)
         except Exception:
             self.metrics.error("internal")
             raise
@@ -144,19 +146,10 @@ class LoadedModel:
                  self.options.describe(), len(expected), diff)
 
     def queued(self) -> int:
-        return self._runner.queued()
+        return self._runner.queued() + sum(b.queued() for b in list(self._loop_batchers.values()))
 
     def close(self) -> None:
         self._runner.close()
-
-
-def _settle(future: asyncio.Future, result, error) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class ModelRuntime:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import zlib
 
 from aiohttp import web
@@ -182,54 +181,38 @@ def _respond(status: int, body: bytes, content_type: str, accept_gzip: bool, hea
 
 
 class HttpTransport:
-    """The aiohttp server on its own event loop thread; bound at construction (a busy port fails at once)."""
+    """The aiohttp server; built (and bound) inside the serving event loop: `await HttpTransport.create(...)`."""
 
-    def __init__(self, app: HttpApp, host: str, port: int, reuse_port: bool = False, idle_timeout_s: float = 60.0,
-                 max_line_size: int = 8190, max_field_size: int = 8190):
-        self.app = app
-        self.loop = asyncio.new_event_loop()
-        self._started = threading.Event()
+    @classmethod
+    async def create(cls, app: HttpApp, host: str, port: int, reuse_port: bool = False,
+                     idle_timeout_s: float = 60.0, max_line_size: int = 8190,
+                     max_field_size: int = 8190) -> "HttpTransport":
+        self = cls()
+        loop = asyncio.get_running_loop()
         max_body = app.max_body_bytes
 
         def request_factory(message, payload, protocol, writer, task):
-            return BaseRequest(message, payload, protocol, writer, task, self.loop, client_max_size=max_body)
+            return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=max_body)
 
-        async def setup():
-            server = web.Server(app, request_factory=request_factory, keepalive_timeout=idle_timeout_s,
-                                auto_decompress=False, access_log=None, max_line_size=max_line_size,
-                                max_field_size=max_field_size)
-            runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
-            await runner.setup()
-            site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
-            await site.start()
-            return runner, site
-
+        server = web.Server(app, request_factory=request_factory, keepalive_timeout=idle_timeout_s,
+                            auto_decompress=False, access_log=None, max_line_size=max_line_size,
+                            max_field_size=max_field_size)
+        self.runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, backlog=1024, reuse_port=reuse_port or None)
         try:
-            self.runner, site = self.loop.run_until_complete(setup())
+            await site.start()
         except OSError as e:
-            self.loop.close()
+            await self.runner.cleanup()
             raise OSError(f"cannot bind HTTP to {host}:{port}: {e.strerror or e}") from None
         self.port = site._server.sockets[0].getsockname()[1]
-        self._thread = threading.Thread(target=self.loop.run_forever, name="http-loop", daemon=True)
+        return self
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop_accepting(self) -> None:
+    async def stop_accepting(self) -> None:
         """Close the listening socket; open connections finish their requests (new ones on them get 5003)."""
-        async def close_listener():
-            for site in list(self.runner.sites):
-                if site._server is not None:
-                    site._server.close()
+        for site in list(self.runner.sites):
+            if site._server is not None:
+                site._server.close()
 
-        asyncio.run_coroutine_threadsafe(close_listener(), self.loop).result(10)
-
-    def close(self) -> None:
-        async def cleanup():
-            await self.runner.cleanup()
-
-        try:
-            asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(10)
-        except Exception:
-            log.debug("HTTP cleanup", exc_info=True)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+    async def close(self) -> None:
+        await self.runner.cleanup()

@@ -11,8 +11,10 @@ batching, versions) come from `ctrkit.runtime.add_runtime_flags`, shared with ev
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
+import threading
 import sys
 import time
 
@@ -141,6 +143,9 @@ def http_port(args: argparse.Namespace) -> int:
 
 
 class Server:
+    """One server process: both transports on one event loop thread (the runtime's loop batcher merges their
+    requests inline); the main thread waits for signals."""
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.runtime = ModelRuntime(args.model, runtime_options(args), RuntimeMetrics())
@@ -148,22 +153,39 @@ class Server:
         self.max_bytes = int(args.max_body_mb * 1024 * 1024)
         self.budget = ByteBudget(int(args.max_decode_mb * 1024 * 1024))
         self.service = InferenceService(self.runtime, self.metrics, self.budget, budget_wait_s=5.0)
+        self.loop = asyncio.new_event_loop()
         # Set by signal handlers, read by the main loop. Handlers only assign flags: taking a lock (Event.set)
         # inside a handler deadlocks when the signal lands while the main thread holds that same lock.
         self._stop_requested = False
         self._reload_requested = False
 
+    def _call(self, coro, timeout: float | None = None):
+        """Run a coroutine on the serving loop (from the main thread) and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
     def run(self) -> int:
         args = self.args
+
+        async def bind():
+            grpc_t = await GrpcTransport.create(self.service, args.host, args.port, self.max_bytes,
+                                                args.thread * 64, args.reuse_port)
+            http_t = await HttpTransport.create(HttpApp(self.service, self.max_bytes, self.budget,
+                                                        args.http_read_timeout_s),
+                                                args.host, http_port(args), args.reuse_port,
+                                                args.http_idle_timeout_s)
+            return grpc_t, http_t
+
         # bind both ports first: a port in use fails in a second, not after loading the model
-        grpc_t = GrpcTransport(self.service, args.host, args.port, args.thread, self.max_bytes, args.thread * 64,
-                               args.reuse_port)
-        http_t = HttpTransport(HttpApp(self.service, self.max_bytes, self.budget, args.http_read_timeout_s),
-                               args.host, http_port(args), args.reuse_port, args.http_idle_timeout_s)
+        try:
+            grpc_t, http_t = self.loop.run_until_complete(bind())
+        except BaseException:
+            self.loop.close()
+            raise
+        thread = threading.Thread(target=self.loop.run_forever, name="serving-loop", daemon=True)
+        thread.start()
         version = self.runtime.start()
-        grpc_t.start()
-        http_t.start()
-        grpc_t.set_serving(True)
+        self._call(grpc_t.start())
+        self._call(grpc_t.set_serving(True))
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGHUP, self._request_reload)
@@ -189,12 +211,19 @@ class Server:
         log.info("stop signal: draining (up to %.0f s for in-flight requests)", timeout)
         start = time.monotonic()
         self.runtime.drain()
-        grpc_t.set_serving(False)
-        http_t.stop_accepting()
-        grpc_stopped = grpc_t.stop(timeout)
+        self._call(grpc_t.set_serving(False))
+        self._call(http_t.stop_accepting())
+        grpc_stop = asyncio.run_coroutine_threadsafe(grpc_t.stop(timeout), self.loop)
         idle = self.service.wait_idle(timeout)
-        grpc_stopped.wait(max(0.0, timeout - (time.monotonic() - start)))
-        http_t.close()
+        try:
+            grpc_stop.result(max(1.0, timeout - (time.monotonic() - start)))
+        except Exception:
+            log.debug("gRPC stop", exc_info=True)
+        try:
+            self._call(http_t.close(), 10)
+        except Exception:
+            log.debug("HTTP close", exc_info=True)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self.runtime.close()
         if not idle:
             log.warning("drain timed out after %.0f s with requests still in flight", timeout)

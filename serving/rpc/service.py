@@ -5,6 +5,7 @@ Runtime errors become the protocol's err_no; the front-end's metrics count reque
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -105,15 +106,23 @@ class InferenceService:
 
     # ----------------------------------------------------------------------------------------- async
     async def answer_async(self, transport: str, body: bytes, decode: Callable[[bytes], InferenceRequest],
-                           encode: Callable[[Outputs], bytes]) -> tuple[bytes, int]:
-        """answer() for the asyncio HTTP front-end (its caller reserved the body's budget)."""
+                           encode: Callable[[Outputs], bytes], reserve: bool = False) -> tuple[bytes, int]:
+        """answer() for the asyncio front-ends (gRPC, HTTP); `reserve`: take the body's share of the decode
+        budget here (HTTP reserves it before reading the body)."""
         start = time.perf_counter()
         err_no = 0
         self._enter()
         request = None
+        cost = self.budget.cost(len(body), False) if reserve else 0
+        reserved = False
         try:
             if self.runtime.draining:
                 raise RequestError(P.UNAVAILABLE, "server is shutting down; retry on another replica")
+            if reserve:
+                reserved = self.budget.try_acquire(cost) or await asyncio.get_running_loop().run_in_executor(
+                    None, self.budget.acquire, cost, self.budget_wait_s)
+                if not reserved:
+                    raise _busy(len(body), self.budget.limit)
             request = decode(body)
             with self.runtime.session() as model:
                 feeds = feed_map(model)
@@ -129,6 +138,8 @@ class InferenceService:
             err_no, error = self._error(e, transport, request)
             raise error from None
         finally:
+            if reserved:
+                self.budget.release(cost)
             self.metrics.count(transport, err_no, time.perf_counter() - start)
             self._leave()
 
