@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ctrkit.data.hashing import hash_spans_from_states, hash_value, key_state
+from ctrkit.data.hashing import FNV_OFFSET, FNV_PRIME, fnv1a64, hash_spans_from_states, hash_value, key_state
 from ctrkit.data.parsing import (_FLOAT32_LIMIT, _PAD, _POINT, Batch, DataFormatError, Layout, _as_float32,
-                                 _field_starts, _LineError, _parse_decimals, _parse_float, _parse_id, _show)
+                                 _field_starts, _LineError, _parse_decimals, _parse_float, _parse_id, _parse_ids,
+                                 _show)
 
 if TYPE_CHECKING:  # ctrkit.schema imports ctrkit.data.spec, so no import at run time
     from ctrkit.schema import FeatureSchema
@@ -452,6 +453,149 @@ def _multi_fast(block: bytes, buf: np.ndarray, text: np.ndarray, starts: np.ndar
     return out, counts > field.max_len
 
 
+# ------------------------------------------------------------------------------------- vectorised slot format
+
+def _fnv_states(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """FNV-1a-64 of each span (uint64), to recognise slot names."""
+    state = np.full(starts.shape, FNV_OFFSET, dtype=np.uint64)
+    prime = np.uint64(FNV_PRIME)
+    last = buf.size - 1
+    for j in range(int(lengths.max(initial=0))):
+        active = lengths > j
+        byte = buf[np.minimum(starts + j, last)].astype(np.uint64)
+        state = np.where(active, (state ^ byte) * prime, state)
+    return state
+
+
+@lru_cache(maxsize=64)
+def _slot_table(schema: FeatureSchema, layout: Layout):
+    """Sorted FNV hashes of the slot names, and per name: kind code (0 label, 1 numeric, 2 single, 3 multi) and
+    slot number."""
+    plan = _plan(schema, layout)
+    names = list(plan.slots)
+    hashes = np.array([fnv1a64(name.encode("utf-8")) for name in names], dtype=np.uint64)
+    order = np.argsort(hashes)
+    kinds = {"label": 0, "numeric": 1, "single": 2, "multi": 3}
+    return hashes[order], np.array([kinds[plan.slots[names[i]][0]] for i in order]), [names[i] for i in order]
+
+
+def _ranks(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each item (in text order) of `groups` (int keys): its 0-based occurrence number within its group,
+    and the order that sorts items by group (stable)."""
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    starts = np.r_[0, np.flatnonzero(sorted_groups[1:] != sorted_groups[:-1]) + 1]
+    run = np.zeros(groups.size, dtype=np.int64)
+    if groups.size:
+        lengths = np.diff(np.r_[starts, groups.size])
+        run_sorted = np.arange(groups.size) - np.repeat(starts, lengths)
+        run[order] = run_sorted
+    return run, order
+
+
+def _slot_fast(block: bytes, rows: int, plan: _Plan, schema: FeatureSchema, layout: Layout) -> _Fast:
+    """Vectorised parse of slot-format lines; rows it cannot vouch for are flagged for the per-line parser."""
+    buf = np.frombuffer(block + _PAD, dtype=np.uint8)
+    text = buf[:len(block)]
+    newlines = np.flatnonzero(text == 10)
+    ends = np.flatnonzero((text == 32) | (text == 10))
+    starts = np.empty_like(ends)
+    starts[0:1] = 0
+    starts[1:] = ends[:-1] + 1
+    row = np.zeros(ends.size, dtype=np.int64)  # the line each token belongs to
+    if ends.size > 1:
+        np.cumsum(text[ends[:-1]] == 10, out=row[1:])
+    flagged = np.zeros(rows, dtype=bool)
+    flagged[row[ends - starts == 0]] = True  # empty tokens: blank lines, double or edge spaces
+    odd = np.flatnonzero((text == 9) | (text == 13) | (text == 11) | (text == 12))
+    if odd.size:
+        flagged[np.searchsorted(newlines, odd)] = True
+    colons = np.flatnonzero(text == 58)
+    owner = np.searchsorted(ends, colons)
+    first_colon = np.full(ends.size, -1, dtype=np.int64)
+    leading = np.ones(owner.size, dtype=bool)  # colons ascend, so owners do: a token's first colon leads its run
+    leading[1:] = owner[1:] != owner[:-1]
+    first_colon[owner[leading]] = colons[leading]
+    has_colon = first_colon >= 0
+    flagged[row[~has_colon & (ends > starts)]] = True
+    key_lengths = np.where(has_colon, first_colon - starts, 0)
+    hashes = _fnv_states(buf, starts, key_lengths)
+    table, kinds, _names = _slot_table(schema, layout)
+    slot = np.minimum(np.searchsorted(table, hashes), max(table.size - 1, 0))
+    known = has_colon & (table[slot] == hashes)
+    if schema.strict:
+        flagged[row[has_colon & ~known]] = True
+    kind = np.where(known, kinds[slot], -1)
+    v_starts = first_colon + 1
+    v_lengths = ends - v_starts
+    n = schema.sparse_feature_number
+    label = None
+    if plan.labeled:
+        is_label = kind == 0
+        per_row = np.bincount(row[is_label], minlength=rows)
+        flagged |= per_row != 1
+        label = np.zeros(rows, dtype=np.float32)
+        ls, ll, lr = v_starts[is_label], v_lengths[is_label], row[is_label]
+        if schema.label.threshold is None:
+            digit = buf[ls] - np.uint8(48)
+            flagged[lr[(ll != 1) | (digit > 1)]] = True
+            label[lr] = digit
+        else:
+            values, ok = _parse_decimals(buf, np.flatnonzero(text == _POINT), ls, ll)
+            flagged[lr[~ok]] = True
+            label[lr] = values >= schema.label.threshold
+    else:
+        flagged[row[kind == 0]] = True
+    dense = np.tile(np.array([f.fill for f in schema.numeric], dtype=np.float64), (rows, 1))
+    is_num = kind == 1
+    if is_num.any():
+        ns, nl, nr, nslot = v_starts[is_num], v_lengths[is_num], row[is_num], slot[is_num]
+        values, ok = _parse_decimals(buf, np.flatnonzero(text == _POINT), ns, nl)
+        for i in np.flatnonzero(~ok).tolist():
+            try:
+                values[i] = _parse_float(block[ns[i]:ns[i] + nl[i]], "value")
+            except _LineError:
+                flagged[nr[i]] = True
+        rank, _ = _ranks(nr * table.size + nslot)
+        field_of = np.full((table.size, max(len(v[1]) for v in plan.slots.values()) + 1), -1, dtype=np.int64)
+        for position, name in enumerate(_names):
+            k, fields = plan.slots[name]
+            if k == "numeric":
+                field_of[position, :len(fields)] = fields
+        field = field_of[nslot, np.minimum(rank, field_of.shape[1] - 1)]
+        flagged[nr[field < 0]] = True
+        good = field >= 0
+        dense[nr[good], field[good]] = values[good]
+        flagged |= ~(np.abs(dense) < _FLOAT32_LIMIT).all(axis=1)
+    sparse = np.zeros((rows, schema.sparse_width), dtype=np.int64)
+    truncated = np.zeros((rows, len(schema.multi_valued)), dtype=bool)
+    is_id = (kind == 2) | (kind == 3)
+    if is_id.any():
+        ids, ok = _parse_ids(buf, v_starts[is_id], v_lengths[is_id], n)
+        ir, islot, ikind = row[is_id], slot[is_id], kind[is_id]
+        flagged[ir[~ok]] = True
+        field_index = np.array([plan.slots[name][1][0] if plan.slots[name][0] in ("single", "multi") else -1
+                                for name in _names], dtype=np.int64)[islot]
+        single = ikind == 2
+        if single.any():
+            sr, sf = ir[single], field_index[single]
+            counts = np.bincount(sr * schema.n_single + sf, minlength=rows * schema.n_single)
+            flagged |= (counts.reshape(rows, schema.n_single) > 1).any(axis=1)
+            sparse[sr, sf] = ids[single]
+        multi = (ikind == 3) & (ids != 0)
+        if multi.any():
+            mr, mf, mids = ir[multi], field_index[multi], ids[multi]
+            n_multi = len(schema.multi_valued)
+            rank, _ = _ranks(mr * n_multi + mf)
+            max_len = np.array([f.max_len for f in schema.multi_valued])
+            offset = np.array(plan.multi_starts)
+            keep = rank < max_len[mf]
+            sparse[mr[keep], offset[mf[keep]] + rank[keep]] = mids[keep]
+            counts = np.bincount(mr * n_multi + mf, minlength=rows * n_multi).reshape(rows, n_multi)
+            truncated = counts > max_len[None, :]
+    return _Fast(label, dense, sparse, flagged, truncated)
+
+
 # -------------------------------------------------------------------------------------------- block parsing
 
 def _empty(rows: int, schema: FeatureSchema, labeled: bool) -> Batch:
@@ -481,10 +625,16 @@ def parse_block(block: bytes, layout: Layout, schema: FeatureSchema, source: str
     plan = _plan(schema, layout)
     truncated = Counter()
     if plan.fmt == "slot":
-        lines = block.split(b"\n")[:-1]
+        fast = _slot_fast(block, rows, plan, schema, layout) if rows else None
         out = _empty(rows, schema, layout.labeled)
-        batch, errors = _slow_rows(out, range(rows), lines.__getitem__, plan, schema, source, first_line_number,
-                                   skip_bad, truncated)
+        slow = np.arange(rows)
+        if fast is not None:
+            _take_fast(out, fast, np.arange(rows), layout, schema, truncated)
+            slow = np.flatnonzero(fast.flagged)
+        line_ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+        line_starts = np.concatenate(([0], line_ends[:-1] + 1))
+        batch, errors = _slow_rows(out, slow.tolist(), lambda i: block[line_starts[i]:line_ends[i]], plan, schema,
+                                   source, first_line_number, skip_bad, truncated)
     else:
         delim = _DELIMITERS[plan.fmt].encode()
         skeleton = delim * (len(plan.columns) - 1)
@@ -502,17 +652,8 @@ def parse_block(block: bytes, layout: Layout, schema: FeatureSchema, source: str
         out = _empty(rows, schema, layout.labeled)
         slow = np.arange(rows)
         if fast is not None:
-            with np.errstate(over="ignore"):
-                out.dense[good] = fast.dense
-            out.sparse[good] = fast.sparse
-            if layout.labeled:
-                out.label[good, 0] = fast.label
-            ok = ~fast.flagged
-            for m, f in enumerate(schema.multi_valued):
-                count = int(fast.truncated[ok, m].sum())
-                if count:
-                    truncated[f.name] += count
-            slow = np.setdiff1d(slow, good[ok], assume_unique=True)
+            _take_fast(out, fast, good, layout, schema, truncated)
+            slow = np.setdiff1d(slow, good[~fast.flagged], assume_unique=True)
         if lines is None:
             line_ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
             line_starts = np.concatenate(([0], line_ends[:-1] + 1))
@@ -526,6 +667,20 @@ def parse_block(block: bytes, layout: Layout, schema: FeatureSchema, source: str
     if stats is not None:
         stats.update(truncated)
     return batch, errors
+
+
+def _take_fast(out: Batch, fast: _Fast, rows: np.ndarray, layout: Layout, schema: FeatureSchema,
+               truncated: Counter) -> None:
+    with np.errstate(over="ignore"):
+        out.dense[rows] = fast.dense
+    out.sparse[rows] = fast.sparse
+    if layout.labeled:
+        out.label[rows, 0] = fast.label
+    ok = ~fast.flagged
+    for m, f in enumerate(schema.multi_valued):
+        count = int(fast.truncated[ok, m].sum())
+        if count:
+            truncated[f.name] += count
 
 
 @lru_cache(maxsize=8)

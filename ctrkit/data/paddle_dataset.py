@@ -4,6 +4,9 @@
     loader = paddle.io.DataLoader(dataset, batch_size=None, num_workers=1)
     for dense, sparse, label in loader: ...        # paddle Tensors; (dense, sparse) for unlabeled data
 
+A schema without numeric fields has dense [B, 0], which the DataLoader cannot carry: the dataset sends a [B, 1]
+placeholder and `restore_dense(loader, n_dense)` gives [B, 0] back.
+
 The dataset yields ready batches (hence batch_size=None: no re-batching). With several DataLoader workers each
 worker reads its own shard (`paddle.io.get_worker_info()`), combined with this dataset's own
 `shard_index`/`shard_count` (e.g. the distributed rank), so no sample is read twice; batches of different
@@ -41,4 +44,17 @@ class BatchDataset(paddle.io.IterableDataset):
             index, count = index * worker.num_workers + worker.id, count * worker.num_workers
         for batch in iter_batches(self.files, self.spec, self.batch_size, shard_index=index, shard_count=count,
                                   **self.options):
-            yield (batch.dense, batch.sparse) if batch.label is None else tuple(batch)
+            dense = batch.dense
+            if dense.shape[1] == 0:  # a zero-size tensor cannot cross the DataLoader's queue ("holds no memory")
+                dense = np.zeros((len(dense), 1), dtype=np.float32)
+            yield (dense, batch.sparse) if batch.label is None else (dense, batch.sparse, batch.label)
+
+
+def restore_dense(items, n_dense: int):
+    """The loader's items with `dense` back to [B, n_dense] (BatchDataset sends a [B, 1] placeholder for a schema
+    without numeric fields, as the DataLoader cannot carry zero-size tensors). Iterate the loader through this
+    whenever n_dense may be 0:  `for dense, sparse, label in restore_dense(loader, schema.n_dense)`."""
+    for item in items:
+        if n_dense == 0 and len(item) > 1:
+            item = (item[0][:, :0], *item[1:])
+        yield item

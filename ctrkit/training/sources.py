@@ -13,7 +13,7 @@ import paddle
 
 from ctrkit.config import Config, ConfigError
 from ctrkit.data import Batch, iter_batches, list_data_files
-from ctrkit.data.paddle_dataset import BatchDataset
+from ctrkit.data.paddle_dataset import BatchDataset, restore_dense
 from ctrkit.distributed import Context, rank_slice
 from ctrkit.shards import ShardSet, is_shard_dir, iter_shard_batches, open_shards
 
@@ -71,8 +71,9 @@ def train_batches(config: Config, source: DataSource, epoch: int,
     if config.runner["num_workers"] == 0:
         return to_tensors(iter_batches(source.files, spec, batch_size, **options))
     dataset = _ErrorsAsItems(BatchDataset(source.files, spec, batch_size, **options))
-    return raise_worker_errors(paddle.io.DataLoader(dataset, batch_size=None,
-                                                    num_workers=config.runner["num_workers"]))
+    return restore_dense(raise_worker_errors(paddle.io.DataLoader(dataset, batch_size=None,
+                                                                  num_workers=config.runner["num_workers"])),
+                         spec.n_dense)
 
 
 class _ErrorsAsItems(paddle.io.IterableDataset):
