@@ -219,8 +219,9 @@ def _check_ranges(runner: dict, optimizer: dict) -> None:
             raise ConfigError(f"runner.{key} must be >= 0{what}, got {runner[key]}")
     if not 0 <= runner["seed"] < 2**32:
         raise ConfigError(f"runner.seed must be in [0, 2**32), got {runner['seed']}")
-    if runner["infer_end_epoch"] < runner["infer_start_epoch"]:
-        raise ConfigError("runner.infer_end_epoch must be >= runner.infer_start_epoch")
+    if runner["infer_end_epoch"] <= runner["infer_start_epoch"]:
+        raise ConfigError(f"runner.infer_end_epoch must be > runner.infer_start_epoch (epochs [start, end) are "
+                          f"evaluated), got {runner['infer_start_epoch']} and {runner['infer_end_epoch']}")
     for key in ("infer_output",):
         if runner[key] and os.path.isdir(runner[key]):
             raise ConfigError(f"runner.{key}={runner[key]} is a directory; give a file path")

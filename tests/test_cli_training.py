@@ -253,6 +253,17 @@ def test_visualdl_gets_a_directory_per_run_and_evaluation_scalars(data, tmp_path
     assert b"eval/auc" in records and b"eval/logloss" in records
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["runner.infer_load_path={tmp}/none"], "holds no checkpoints (train first"),
+    (["runner.infer_load_path={tmp}/ckpt", "runner.infer_end_epoch=3"], "no checkpoint for epoch(s) 1, 2"),
+])
+def test_infer_names_the_epochs_it_lacks(data, tmp_path, overrides, expected):
+    (tmp_path / "ckpt" / "0").mkdir(parents=True)
+    (tmp_path / "ckpt" / "0" / "rec.pdparams").write_bytes(b"")
+    result = tool("infer.py", *trainer_args(data, tmp_path / "ckpt"), *(o.format(tmp=tmp_path) for o in overrides))
+    assert_one_error_line(result, expected)
+
+
 def test_infer_uses_the_hyper_parameters_the_checkpoint_was_trained_with(data, tmp_path):
     """Trained with -o hyper_parameters.fc_sizes=[16,4]: infer.py needs no repeat; a conflicting -o names both."""
     save = tmp_path / "ckpt"

@@ -53,6 +53,7 @@ def test_overrides_are_typed():
     ("runner.cpu_threads=-2", "runner.cpu_threads must be >= 0"),
     ("runner.shuffle_buffer=-1", "runner.shuffle_buffer must be >= 0"),
     ("runner.infer_start_epoch=-1", "runner.infer_start_epoch must be >= 0"),
+    ("runner.infer_start_epoch=1", "runner.infer_end_epoch must be > runner.infer_start_epoch"),
     ("runner.epochs=-3", "runner.epochs must be positive"),
     ("hyper_parameters.optimizer.learning_rate=.nan", "learning_rate must be a finite number > 0, got nan"),
     ("hyper_parameters.optimizer.learning_rate=.inf", "learning_rate must be a finite number > 0, got inf"),

@@ -57,6 +57,7 @@ def evaluate(config: Config, on_epoch: Callable[[dict], None] | None = None) -> 
     with runner.use_fleet: every worker scores its slice and all predictions are gathered for one AUC)."""
     context, _ = start_run(config)
     load_path = config.runner["infer_load_path"] or config.runner["model_save_path"]
+    _check_epochs_exist(config, load_path)
     # the model and hyper-parameters the checkpoints were trained with (no need to repeat training's -o); the
     # test data is then read with them (e.g. the recorded sparse_feature_number)
     try:
@@ -76,6 +77,21 @@ def evaluate(config: Config, on_epoch: Callable[[dict], None] | None = None) -> 
             writer.close()
     context.barrier()
     return results
+
+
+def _check_epochs_exist(config: Config, load_path: str) -> None:
+    """Every asked-for epoch has a checkpoint; else a CheckpointError saying which epochs there are."""
+    wanted = range(config.runner["infer_start_epoch"], config.runner["infer_end_epoch"])
+    available = checkpoint.completed_epochs(load_path)
+    missing = [epoch for epoch in wanted if epoch not in available]
+    if not missing:
+        return
+    where = "runner.infer_load_path" if config.runner["infer_load_path"] else "runner.model_save_path"
+    have = (f"it holds epoch(s) {', '.join(map(str, available))}" if available
+            else "it holds no checkpoints (train first with tools/trainer.py)")
+    raise checkpoint.CheckpointError(
+        f"{where}={load_path}: no checkpoint for epoch(s) {', '.join(map(str, missing))} (runner.infer_start_epoch="
+        f"{wanted.start}, runner.infer_end_epoch={wanted.stop} ask for [{wanted.start}, {wanted.stop})); {have}")
 
 
 def _evaluate_epochs(config, context, source, load_path, model, writer, on_epoch) -> list[dict]:
