@@ -362,3 +362,27 @@ def test_startup_errors_are_one_clear_line(exported_deepfm):
                 (flags, proc.stderr[-2000:])
     finally:
         busy.close()
+
+
+def test_rec_client_takes_paddlerec_flags(server, exported_deepfm, slot_sample, local, rows, tmp_path):
+    output = tmp_path / "web.txt"
+    server_dir = os.path.join(exported_deepfm, "serving_server")
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "rec_client.py"), "--client_config",
+                           os.path.join(exported_deepfm, "serving_client"), "--connect",
+                           f"127.0.0.1:{server.http_port}", "--data_dir", slot_sample, "--batchsize", "16",
+                           "--client_mode", "web", "--reader_file", "criteo_reader.py", "--model_name", "deepfm",
+                           "--use_gpu", "False", "--model_file", os.path.join(server_dir, "tostatic.json"),
+                           "--params_file", os.path.join(server_dir, "tostatic.pdiparams"), "--verify", "--quiet",
+                           "--output", str(output)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 3 and any("--client_mode web" in w for w in warnings), proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["mode"] == "http" and summary["samples"] == 80 and summary["mismatches"] == 0
+    np.testing.assert_allclose(np.loadtxt(output, dtype=np.float32), local.predict(*rows), atol=1e-6)
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "rec_client.py"), "--client_config",
+                           os.path.join(exported_deepfm, "serving_client"), "--data_dir", slot_sample,
+                           "--model_file", os.path.join(server_dir, "tostatic.pdmodel")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Paddle 3 exports write <prefix>.json" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

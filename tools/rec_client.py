@@ -10,6 +10,14 @@ client prints its fetch map (--quiet: not), --output writes one prediction per l
 compares every answer with a local predictor of the same model. The last line of output is a JSON summary:
 {"qps", "samples_per_s", "p50_ms", "p90_ms", "p99_ms", "errors", ...}. Exit status 1 when a request failed
 or a prediction differs from the local one.
+
+PaddleRec's rec_client flags are accepted: --model_file/--params_file (the exported <prefix>.json and
+.pdiparams: they name the model used for the schema and --verify; a .pdmodel path says what Paddle 3 writes
+instead), --use_gpu False|True, --client_mode web (Paddle Serving's web client: sent as HTTP + JSON), and
+--reader_file / --model_name, which have no meaning here (one warning line each says why). Lines are parsed
+with the feature schema of the exported model (model_meta.json: the serving_server/ beside the client config,
+or --model / --model_file); requests carry the feeds the client config declares (per field, as PaddleRec's
+configs do, or packed).
 """
 import argparse
 import json
@@ -20,8 +28,9 @@ import sys
 import numpy as np
 
 from ctrkit.cli import UserError, run_cli
-from ctrkit.data import FeatureSpec
-from ctrkit.inference import META_FILE, InferenceError, PredictorOptions, create_predictor, read_meta
+from ctrkit.inference import META_FILE, InferenceError, PredictorOptions, create_predictor, load_exported_model
+from ctrkit.predictions import PredictionWriter
+from ctrkit.runtime.options import str2bool
 from serving.rpc.client import (MODES, ServingClient, ServingError, read_feed_layout, request_batches, run_load,
                                 wait_ready)
 
@@ -36,7 +45,8 @@ def parse_args() -> argparse.Namespace:
                    "for http / http_proto)")
     p.add_argument("--data_dir", required=True, help="slot or raw Criteo file, or a directory of them")
     p.add_argument("--batchsize", type=int, default=1, help="samples per request")
-    p.add_argument("--client_mode", choices=MODES, default="rpc")
+    p.add_argument("--client_mode", choices=MODES + ("web",), default="rpc", help="rpc (gRPC), http (JSON), "
+                   "http_proto (protobuf); web: PaddleRec's name for the HTTP client, sent as http")
     p.add_argument("--concurrency", type=int, default=1, help="concurrent clients, one connection each")
     run = p.add_mutually_exclusive_group()
     run.add_argument("--requests", type=int, help="send this many requests (cycling through the data)")
@@ -52,6 +62,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", help="exported model for --verify and the feature spec (default: the "
                    "serving_server directory beside the client config)")
     p.add_argument("--quiet", action="store_true", help="do not print each answer")
+    r = p.add_argument_group("PaddleRec's rec_client flags")
+    r.add_argument("--model_file", help="the exported <prefix>.json (its directory holds model_meta.json): the "
+                   "model for the schema and --verify (like --model)")
+    r.add_argument("--params_file", help="<prefix>.pdiparams beside --model_file")
+    r.add_argument("--use_gpu", type=str2bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="accepted; the client runs no model on a device (see the warning)")
+    r.add_argument("--reader_file", help="accepted and ignored (see the warning)")
+    r.add_argument("--model_name", help="accepted and ignored (see the warning)")
     args = p.parse_args()
     for name in ("batchsize", "concurrency", "requests", "duration", "timeout_ms"):
         value = getattr(args, name)
@@ -59,7 +77,42 @@ def parse_args() -> argparse.Namespace:
             raise UserError(f"--{name} must be positive, got {value}")
     if args.warmup < 0 or args.wait_ready < 0:
         raise UserError("--warmup and --wait_ready must be >= 0")
+    paddlerec_flags(args)
     return args
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def paddlerec_flags(args: argparse.Namespace) -> None:
+    """PaddleRec's flags: same meaning where there is one, else one warning line that says why not."""
+    if args.client_mode == "web":
+        warn("--client_mode web: Paddle Serving's web service is not served here; sending HTTP + JSON "
+             "GeneralModelService requests to --connect (the server's --http_port) instead (--client_mode http)")
+        args.client_mode = "http"
+    if args.reader_file:
+        warn(f"--reader_file {args.reader_file} is ignored: lines are parsed by the toolkit's data layer with the "
+             "exported model's feature schema (model_meta.json), not by a reader module")
+    if args.model_name:
+        warn(f"--model_name {args.model_name} is ignored: the server serves one model; its name comes from the "
+             "export's model_meta.json")
+    if args.use_gpu:
+        warn("--use_gpu True is ignored: this client only sends requests (the server's --use_gpu picks its device); "
+             "--verify's local model runs on the CPU")
+    for flag, path in (("--model_file", args.model_file), ("--params_file", args.params_file)):
+        if path and path.endswith(".pdmodel"):
+            prefix = path[:-len(".pdmodel")]
+            raise UserError(f"{flag} {path}: Paddle 3 exports write <prefix>.json (the new IR), not .pdmodel; pass "
+                            f"--model_file {prefix}.json --params_file {prefix}.pdiparams (tools/to_static.py writes "
+                            "tostatic.json), or --model <export dir>")
+    if args.params_file and not args.model_file:
+        raise UserError("--params_file goes with --model_file")
+    if args.model_file:
+        if args.model:
+            raise UserError("give --model or --model_file, not both")
+        model = load_exported_model(args.model_file, args.params_file)  # checks the files and model_meta.json
+        args.model = model.directory
 
 
 def model_dir(args: argparse.Namespace) -> str | None:
@@ -71,12 +124,15 @@ def model_dir(args: argparse.Namespace) -> str | None:
     return sibling if os.path.isfile(os.path.join(sibling, META_FILE)) else None
 
 
-def feature_spec(model: str | None) -> FeatureSpec:
+def feature_schema(model: str | None):
+    """The exported model's feature schema (Criteo's, with a warning, when no model_meta.json is found)."""
     if model is None:
-        log.warning("no model_meta.json found (pass --model): parsing the data with the default feature spec")
-        return FeatureSpec()
+        from ctrkit.schema import criteo_schema
+
+        log.warning("no model_meta.json found (pass --model): parsing the data with the default Criteo schema")
+        return criteo_schema()
     meta_dir = model if os.path.isfile(os.path.join(model, META_FILE)) else os.path.join(model, "serving_server")
-    return FeatureSpec.from_dict(read_meta(os.path.join(meta_dir, META_FILE))["feature_spec"])
+    return load_exported_model(meta_dir).schema
 
 
 def main() -> int:
@@ -90,7 +146,7 @@ def main() -> int:
     if args.verify and model is None:
         raise UserError("--verify needs the model: pass --model <export dir or serving_server dir>")
     local = create_predictor(model, PredictorOptions()) if args.verify else None
-    spec = feature_spec(model)
+    spec = feature_schema(model)
     if args.wait_ready:
         wait_ready(args.connect, args.client_mode, args.wait_ready)
     cycle = args.requests is not None or args.duration is not None
@@ -119,9 +175,9 @@ def main() -> int:
 
     result = run_load(make_client, batches, args.concurrency, args.duration, args.warmup, on_answer)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
+        with PredictionWriter(args.output) as out:  # the toolkit's one prediction format (ctrkit.predictions)
             for index in sorted(answers):
-                f.writelines(f"{p:.8g}\n" for p in answers[index])
+                out.write(answers[index])
     for message in result.error_messages + mismatches:
         log.error("%s", message)
     summary = {"mode": args.client_mode, "batch_size": args.batchsize, "concurrency": args.concurrency,
