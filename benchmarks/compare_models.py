@@ -65,9 +65,11 @@ def generate(work_dir: str, name: str, rows: int, seed: int, interaction_scale: 
         if meta.get("request") == request and os.path.isdir(out):
             return meta
     shutil.rmtree(out, ignore_errors=True)
+    other_profile = any(a.startswith("--profile") and not a.endswith("default") for a in (gen_args or [])) and \
+        "default" not in (gen_args or [])
+    scale = [] if other_profile else ["--interaction_scale", str(interaction_scale)]  # the default profile's knob
     command = [sys.executable, GEN_DATA, "--rows", str(rows), "--seed", str(seed), "--format", "slot",
-               "--out", out, "--truth", out + ".truth.txt", "--interaction_scale", str(interaction_scale),
-               *(gen_args or [])]
+               "--out", out, "--truth", out + ".truth.txt", *scale, *(gen_args or [])]
     print("$ " + shlex.join(command), file=sys.stderr, flush=True)
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -145,8 +147,10 @@ def markdown(results: list[dict], train_meta: dict, test_meta: dict, info: dict)
         f"Machine: {info['machine']}; Python {info['python']}, paddlepaddle {info['paddle']}; "
         f"load average before / after: {info['load_before']} / {info['load_after']}.  ",
         f"Data: tools/gen_data.py, {train_meta['summary']['rows']:,} training rows (seed {TRAIN_SEED}), "
-        f"{test['rows']:,} test rows (seed {TEST_SEED}), interaction scale "
-        f"{train_meta['request']['interaction_scale']}, positive rate {test['positive_rate']:.3f}; "
+        f"{test['rows']:,} test rows (seed {TEST_SEED}), "
+        + (f"flags `{' '.join(train_meta['request']['gen_args'])}`, " if train_meta['request'].get('gen_args')
+           else f"interaction scale {train_meta['request']['interaction_scale']}, ")
+        + f"positive rate {test['positive_rate']:.3f}; "
         f"{info['epochs']} epoch(s), each model with its own config.yaml.  ",
         f"Bayes (true click probabilities) on the test set: AUC **{test['bayes_auc']:.4f}**, "
         f"logloss **{test['bayes_logloss']:.4f}**.",
