@@ -63,7 +63,8 @@ $PY -m serving.upload --model "$OUT/inference" --port "$UPLOAD_PORT" --upload_di
   > "$OUT/upload_service.log" 2>&1 &
 UPLOAD_PID=$!
 trap 'kill -TERM "$UPLOAD_PID" 2> /dev/null || true' EXIT
-$PY tools/upload_client.py --url "http://127.0.0.1:$UPLOAD_PORT" --file "$(ls "$DATA"/test/*.txt | head -n 1)" --top_k 5
+test_files=("$DATA"/test/*.txt)
+$PY tools/upload_client.py --url "http://127.0.0.1:$UPLOAD_PORT" --file "${test_files[0]}" --top_k 5
 kill -TERM "$UPLOAD_PID"; wait "$UPLOAD_PID"
 trap - EXIT
 echo "done: checkpoints, inference model and predictions are in $OUT/"
