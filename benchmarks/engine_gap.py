@@ -1,22 +1,24 @@
-"""Where Paddle Inference loses to ONNX Runtime on the same exported model, in one process, measured side by side.
+"""Where Paddle Inference loses to ONNX Runtime on the same exported model, measured side by side.
 
     python benchmarks/engine_gap.py --model output/deepfm/inference [--batches 1,2048] [--threads 1]
-        [--rounds 3] [--min_time_s 1] [--variants paddle,paddle+fc,...] [--out engine_gap.json]
+        [--rounds 3] [--min_time_s 1] [--variants paddle,onnxruntime,...] [--out engine_gap.json]
 
 Variants (each measured in its own fresh process, since engines built in one process share global state; rounds
 repeat every variant in turn so that a busy machine slows all alike; every one is checked against the export's
 golden batch):
-  paddle            the predictor factory's configuration (ctrkit.inference: oneDNN off, IR passes on)
-  paddle+fc         the same plus PIR's `matmul_add_act_fuse_pass` (matmul + bias add + relu -> one `fc` op)
-  paddle gc off     the factory's configuration with FLAGS_eager_delete_tensor_gb=-1 (the executor keeps
-                    intermediate tensors instead of freeing them after each op, on a helper thread)
-  paddle+fc gc off  both
-  paddle ir off     IR passes off
-  paddle onednn     oneDNN on (the factory deletes `inplace_pass`, which corrupts DeepFM)
-  onnxruntime       model.onnx, CPU provider (ctrkit.inference.create_onnx_predictor)
-For each: CPU microseconds per call of the calling thread (CPU time, which a busy machine barely moves; with
---threads 1 the whole cost), wall p50, and the process's CPU per call, at each batch size; and for the factory's Paddle predictor the split of one call: input validation, copy in (reshape +
-copy_from_cpu), `run()`, copy out; plus the ops the optimised program runs per call (Paddle's profiler, in a child
+  paddle             the predictor factory's configuration (ctrkit.inference: oneDNN off, IR passes on plus
+                     `matmul_add_act_fuse_pass`, eager deletion of intermediates off)
+  paddle stock       what the factory built before (Paddle's defaults: no extra pass, eager deletion on)
+  paddle stock+fc    stock plus PIR's `matmul_add_act_fuse_pass` (matmul + bias add + relu -> one `fc` op)
+  paddle stock+keep  stock with FLAGS_eager_delete_tensor_gb=-1 (the executor keeps intermediate tensors instead of
+                     freeing them after every call on a helper thread)
+  paddle ir off      the factory's configuration with IR passes off
+  paddle onednn      the factory's with oneDNN on (it deletes `inplace_pass`, which corrupts DeepFM)
+  onnxruntime        model.onnx, CPU provider (ctrkit.inference.create_onnx_predictor)
+For each: the process's CPU microseconds per call (CPU time, which a busy machine barely moves; it includes the
+engine's helper threads), the calling thread's alone, and wall p50, at each batch size; and for the factory's
+Paddle predictor the split of one call (calling thread): input validation, copy in (reshape + copy_from_cpu),
+`run()`, copy out; plus the ops the optimised program runs per call (Paddle's profiler, in a child
 process) against the ONNX graph's nodes. docs/benchmark.md explains the findings.
 """
 from __future__ import annotations
@@ -42,22 +44,31 @@ def tile(model, batch: int):
             np.ascontiguousarray(np.tile(sparse, (reps, 1))[:batch]), np.tile(prob, reps)[:batch])
 
 
-def paddle_variant(model, threads: int, onednn=False, ir_optim=True, passes=()):
-    """(predictor, description): built like ctrkit.inference's factory, plus optional extra PIR passes."""
+def paddle_variant(model, threads: int, onednn=False, ir_optim=True, stock=False, fc=False, keep=False):
+    """A Paddle predictor built by ctrkit.inference's factory configuration, or with `stock` as the factory built
+    it before this investigation (Paddle's defaults: no extra passes, eager deletion on), plus `fc` / `keep`."""
+    import paddle
     from paddle import inference
 
     from ctrkit.inference import Predictor, PredictorOptions, _paddle_config
     options = PredictorOptions(cpu_threads=threads, onednn=onednn, ir_optim=ir_optim)
-    config = _paddle_config(model, options)
-    if passes:
-        config.enable_custom_passes(list(passes), False)
+    if not stock:
+        return Predictor(model, options, inference.create_predictor(_paddle_config(model, options)))
+    config = inference.Config(model.model_file, model.params_file)
+    config.disable_glog_info()
+    config.switch_ir_optim(ir_optim)
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(threads)
+    config.disable_onednn()
+    if fc:
+        config.enable_custom_passes(["matmul_add_act_fuse_pass"], False)
+    paddle.set_flags({"FLAGS_eager_delete_tensor_gb": -1.0 if keep else 0.0})
     return Predictor(model, options, inference.create_predictor(config))
 
 
 def measure(fn, min_time_s: float, min_iters: int) -> tuple[float, float, float]:
-    """(CPU µs per call of the calling thread, wall p50 µs, CPU µs per call of the whole process). With one math
-    thread the calling thread's CPU is the figure: the process's also counts helper threads of the engines built
-    earlier in this process (e.g. oneDNN's OpenMP threads spinning after a parallel region)."""
+    """(CPU µs per call of the calling thread, wall p50 µs, CPU µs per call of the whole process: the calling
+    thread's plus the engine's helper threads')."""
     walls = []
     cpu0, proc0, start = time.thread_time(), time.process_time(), time.perf_counter()
     while len(walls) < min_iters or time.perf_counter() - start < min_time_s:
@@ -125,11 +136,8 @@ def onnx_nodes(model_dir: str) -> dict:
     return counts
 
 
-VARIANTS = ("paddle", "paddle+fc", "paddle gc off", "paddle+fc gc off", "paddle ir off", "paddle onednn",
+VARIANTS = ("paddle", "paddle stock", "paddle stock+fc", "paddle stock+keep", "paddle ir off", "paddle onednn",
             "onnxruntime")
-# environment of a variant's process (set before paddle is imported)
-VARIANT_ENV = {"paddle gc off": {"FLAGS_eager_delete_tensor_gb": "-1"},
-               "paddle+fc gc off": {"FLAGS_eager_delete_tensor_gb": "-1"}}
 
 
 def build_variant(name: str, model, threads: int):
@@ -137,7 +145,7 @@ def build_variant(name: str, model, threads: int):
     if name == "onnxruntime":
         return create_onnx_predictor(model, threads)
     return paddle_variant(model, threads, onednn=name == "paddle onednn", ir_optim=name != "paddle ir off",
-                          passes=("matmul_add_act_fuse_pass",) if name.startswith("paddle+fc") else ())
+                          stock=name.startswith("paddle stock"), fc=name.endswith("+fc"), keep=name.endswith("+keep"))
 
 
 def child(args) -> dict:
@@ -168,8 +176,7 @@ def child(args) -> dict:
 def run_child(args, variant: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--batches", args.batches, "--threads",
            str(args.threads), "--min_time_s", str(args.min_time_s), "--variant", variant]
-    env = {**os.environ, **VARIANT_ENV.get(variant, {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{variant}: exit {proc.returncode}: {proc.stderr[-1500:]}")
@@ -213,19 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     nodes = onnx_nodes(model.directory)
     lines = [f"Model {model.name} ({model.directory}); {args.threads} thread(s); median of {args.rounds} rounds, "
              f"each variant in its own process; load average {os.getloadavg()[0]:.2f}", "",
-             "| variant | " + " | ".join(f"b={b} CPU µs/call | b={b} wall p50 µs" for b in args.batch_list) +
+             "| variant | " + " | ".join(f"b={b} CPU µs/call (calling thread) | b={b} wall p50 µs"
+                                         for b in args.batch_list) +
              " | max abs diff |", "| --- |" + " ---: | ---: |" * len(args.batch_list) + " ---: |"]
     for name in variants:
-        cells = " | ".join(f"{table[name][b]['cpu_us']:,.1f} | {table[name][b]['wall_p50_us']:,.1f}"
-                           for b in args.batch_list)
+        cells = " | ".join(f"{table[name][b]['process_cpu_us']:,.1f} ({table[name][b]['cpu_us']:,.1f}) | "
+                           f"{table[name][b]['wall_p50_us']:,.1f}" for b in args.batch_list)
         lines.append(f"| {name} | {cells} | {diffs[name]:.2g} |")
     for b in args.batch_list:
         if "paddle" in table and "onnxruntime" in table:
-            ratio = table["paddle"][b]["cpu_us"] / table["onnxruntime"][b]["cpu_us"]
+            ratio = table["paddle"][b]["process_cpu_us"] / table["onnxruntime"][b]["process_cpu_us"]
             split = results["paddle"][-1]["batches"][str(b)]["split_cpu_us"]
             ort_run = results["onnxruntime"][-1]["batches"][str(b)]["session_run_cpu_us"]
             lines.append(f"\nb={b}: Paddle (factory) / ONNX Runtime CPU per call = {ratio:.2f}x; one Paddle predict() "
-                         "split (CPU µs): " + ", ".join(f"{k} {v}" for k, v in split.items()) +
+                         "split (calling thread's CPU µs): " + ", ".join(f"{k} {v}" for k, v in split.items()) +
                          f"; ONNX Runtime session.run alone {ort_run} µs")
     lines.append(f"\nPaddle ops per call ({sum(ops.values())}): " + ", ".join(
         f"{k.split('.')[-1]} {v}" for k, v in sorted(ops.items())))
