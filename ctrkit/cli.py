@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -18,6 +19,12 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         force=True)  # paddle installs a root handler of its own on import
+
+
+def progress_enabled() -> bool:
+    """Progress bars only on a terminal (plain log lines otherwise: a log file gets no bar) and unless
+    CTRKIT_NO_PROGRESS=1."""
+    return os.environ.get("CTRKIT_NO_PROGRESS") != "1" and sys.stderr.isatty()
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

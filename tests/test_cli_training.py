@@ -236,6 +236,9 @@ def test_progress_is_plain_log_lines_off_a_terminal_with_eta_once_the_size_is_kn
     assert "\r" not in result.stderr and "it/s" not in result.stderr  # no progress bar into a log file
     epoch1 = [line for line in result.stderr.splitlines() if "epoch 1 step" in line]
     assert epoch1 and all("of 300 samples, eta" in line for line in epoch1)
+    result = tool("prepare_criteo.py", "--input", data / "train", "--out", tmp_path / "shards", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "B/s" not in result.stderr
 
 
 def test_visualdl_gets_a_directory_per_run_and_evaluation_scalars(data, tmp_path):

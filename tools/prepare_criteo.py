@@ -20,7 +20,8 @@ from ctrkit.cpu_env import configure_cpu_env
 configure_cpu_env()  # before paddle loads (MKL reads it then)
 
 import models  # noqa: F401  (registers the model zoo: the config names a model)
-from ctrkit.cli import UserError, add_override_argument, join_overrides, run_cli, setup_logging
+from ctrkit.cli import (UserError, add_override_argument, join_overrides, progress_enabled, run_cli,
+                        setup_logging)
 from ctrkit.config import load_config
 from ctrkit.data import DataFormatError, list_data_files
 from ctrkit.data.spec import DATA_FORMATS, FeatureSpec
@@ -113,7 +114,7 @@ def main() -> int:
     check_paths(args.input, args.out)
     summary = prepare(args.input, args.out, spec, splits=args.split, seed=args.seed,
                       lines_per_shard=args.lines_per_shard, workers=args.workers, skip_bad=args.skip_bad_lines,
-                      block_bytes=args.block_bytes)
+                      block_bytes=args.block_bytes, progress=progress_enabled())
     print(json.dumps(summary))
     return 0
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 from datetime import datetime, timezone
 
 import numpy as np
 
+from ctrkit.cli import progress_enabled
 from ctrkit.config import Config
 from ctrkit.distributed import Context
 from ctrkit.metrics import auc
@@ -36,7 +36,7 @@ class Progress:
         self.total = total or None
         label = f"epoch {epoch}" + (f" worker {context.rank}/{context.world}" if context.distributed else "")
         self.bar = tqdm(desc=label, total=self.total, unit=" samples", unit_scale=True, mininterval=1.0,
-                        disable=not show_progress_bar() or not context.is_main)
+                        disable=not progress_enabled() or not context.is_main)
         self.epoch, self.writer, self.global_step = epoch, writer, global_step
         self.start = time.perf_counter()
         self.samples = self.steps = 0
@@ -100,11 +100,6 @@ class Progress:
         return {"epoch": self.epoch, "steps": self.steps, "samples": int(samples),
                 "loss": loss_sum / max(samples, 1), "seconds": seconds,
                 "samples_per_s": samples / seconds if seconds > 0 else 0.0}
-
-def show_progress_bar() -> bool:
-    """A bar only on a terminal (log lines otherwise) and unless CTRKIT_NO_PROGRESS=1."""
-    return os.environ.get("CTRKIT_NO_PROGRESS") != "1" and sys.stderr.isatty()
-
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
