@@ -2,12 +2,17 @@
 
     python benchmarks/train_bench.py [--rows 300000] [--batch_sizes 512,2048,4096] [--cells compute,text,shards]
                                      [--variants before,after] [--work_dir output/train_bench]
+    # DeepFM at batch 4096 on each example dataset schema, next to Criteo (issue 13):
+    python benchmarks/train_bench.py --cells text,avazu,movielens,criteo_slot --batch_sizes 4096 --variants after
 
 Cells, each in a fresh process (its environment, threads and peak RSS are its own):
 - compute: training steps (forward, backward, Adam, loss/prediction read-back) on batches already in memory as
   tensors: what the model itself costs.
 - text: `ctrkit.training.train`, one epoch over the text files (parsed by one DataLoader worker), end to end.
 - shards: the same over binary shards of the same rows (`tools/prepare_criteo.py`), end to end.
+- avazu, movielens, criteo_slot (any folder of datasets/ with a config.yaml): `ctrkit.training.train` of
+  datasets/<name>/config.yaml's DeepFM, one epoch over --rows rows generated for that schema
+  (`tools/gen_data.py -m datasets/<name>/config.yaml`), end to end like `text`.
 Variants: "before" is how the trainer ran before (MKL's default kernels, one math thread, each id occurrence looked
 up separately); "after" is the default now (MKL_DEBUG_CPU_TYPE=5 on AMD, set by ctrkit; all cores; unique id lookups).
 The data (generated with tools/gen_data.py, seed 7) and its shards are made once in --work_dir. Every row records
@@ -34,14 +39,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE_OVERRIDES = ["runner.cpu_threads=1", "runner.unique_id_lookups=false"]
 
 
-def _config(train_dir: str, save_dir: str, batch: int, variant: str):
+def _config(train_dir: str, save_dir: str, batch: int, variant: str, path: str | None = None):
     from ctrkit.config import load_config
     from models.registry import default_config_path
 
     overrides = [f"runner.train_data_dir={train_dir}", f"runner.model_save_path={save_dir}",
                  f"runner.train_batch_size={batch}", "runner.epochs=1", "runner.resume=false",
                  "runner.print_interval=1000000", "runner.num_workers=1"]
-    return load_config(default_config_path("deepfm"), overrides + (BEFORE_OVERRIDES if variant == "before" else []))
+    return load_config(path or default_config_path("deepfm"),
+                       overrides + (BEFORE_OVERRIDES if variant == "before" else []))
 
 
 def _compute_cell(shard_dir: str, batch: int, variant: str, samples: int) -> float:
@@ -85,17 +91,32 @@ def _compute_cell(shard_dir: str, batch: int, variant: str, samples: int) -> flo
     return steps * batch / (time.perf_counter() - start)
 
 
-def _train_cell(data_dir: str, batch: int, variant: str) -> float:
+def _train_cell(data_dir: str, batch: int, variant: str, config_path: str | None = None) -> float:
     from ctrkit.training import train
 
     with tempfile.TemporaryDirectory() as tmp:
-        return train(_config(data_dir, tmp, batch, variant))["samples_per_s"]
+        return train(_config(data_dir, tmp, batch, variant, config_path))["samples_per_s"]
+
+
+def dataset_config(name: str) -> str:
+    return os.path.join(REPO, "datasets", name, "config.yaml")
+
+
+def prepare_schema_data(work_dir: str, name: str, rows: int) -> str:
+    """--rows rows of datasets/<name>'s schema (generated once into <work_dir>/<name>)."""
+    out = os.path.join(work_dir, name)
+    if not os.path.isdir(out):
+        subprocess.run([sys.executable, os.path.join(REPO, "tools", "gen_data.py"), "-m", dataset_config(name),
+                        "--rows", str(rows), "--seed", "7", "--out", out], check=True, stdout=subprocess.DEVNULL)
+    return out
 
 
 def run_cell(cell: dict) -> dict:
     os.environ["CTRKIT_NO_PROGRESS"] = "1"
     if cell["kind"] == "compute":
         rate = _compute_cell(cell["shards"], cell["batch"], cell["variant"], cell["samples"])
+    elif cell["kind"] not in ("text", "shards"):
+        rate = _train_cell(cell["data"], cell["batch"], cell["variant"], dataset_config(cell["kind"]))
     else:
         rate = _train_cell(cell["shards"] if cell["kind"] == "shards" else cell["text"], cell["batch"],
                            cell["variant"])
@@ -129,6 +150,10 @@ def main() -> int:
     if args.cell:
         print(json.dumps(run_cell(json.loads(args.cell))))
         return 0
+    unknown = [k for k in args.cells.split(",") if k not in ("compute", "text", "shards")
+               and not os.path.isfile(dataset_config(k))]
+    if unknown:
+        parser.error(f"unknown cell(s) {unknown}: compute, text, shards or a folder of datasets/ with a config.yaml")
     os.makedirs(args.work_dir, exist_ok=True)
     text, shards = prepare_data(args.work_dir, args.rows)
     results = []
@@ -139,6 +164,8 @@ def main() -> int:
             for variant in args.variants.split(","):
                 cell = {"kind": kind, "variant": variant, "batch": batch, "text": text, "shards": shards,
                         "samples": args.compute_samples}
+                if kind not in ("compute", "text", "shards"):
+                    cell["data"] = prepare_schema_data(args.work_dir, kind, args.rows)
                 env = dict(os.environ)
                 if variant == "before":
                     env["MKL_DEBUG_CPU_TYPE"] = ""  # set but empty: MKL's own choice (ctrkit keeps a set value)
