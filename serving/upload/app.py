@@ -7,6 +7,7 @@ errors are logged and answered with 500).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ctrkit.runtime import ModelRuntime, NotReadyError
 from serving.upload.saving import UploadSaver
-from serving.upload.scoring import AllPredictions, Scorer, TopK, UploadInputError
+from serving.upload.scoring import AllPredictions, RawJSON, Scorer, TopK, UploadInputError
 from serving.upload.settings import MIB, parse_bool
 from serving.upload.store import ResultStore, StoreUnavailable
 
@@ -108,6 +109,15 @@ def uploaded_file(req: Request):
     if len(files) > 1:
         raise BadParameter(f"send exactly one file in the field '{FILE_FIELD}', got {len(files)}")
     return files[0]
+
+
+def json_response(answer: dict) -> Response:
+    """`answer` as a compact JSON body; values that are RawJSON go in as they are."""
+    def encode(value) -> str:
+        return value if isinstance(value, RawJSON) else json.dumps(value, separators=(",", ":"))
+
+    body = ",".join(f"{json.dumps(key)}:{encode(value)}" for key, value in answer.items())
+    return Response("{" + body + "}\n", content_type="application/json")
 
 
 def error(status: int, msg: str):
@@ -252,7 +262,7 @@ def create_app(runtime: ModelRuntime, scorer: Scorer, store: ResultStore, *, upl
         metrics.lines.inc(count)
         log.info("upload user=%s lines=%d re_model=%s full=%s version=%s %.1f ms", params.user_id, count,
                  params.re_model, params.full, timings.version, total_ms)
-        response = jsonify(answer)
+        response = json_response(answer)
         response.headers["X-Model-Version"] = str(timings.version)
         return response
 

@@ -11,6 +11,7 @@ Line numbers are 1-based physical line numbers of the uploaded file, in answers 
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,17 @@ class TopK:
         return {"dtype": "float32", "index": self.lines.tolist(), "data": [[p] for p in self.scores.tolist()]}
 
 
+class RawJSON(str):
+    """Text that is already JSON (the app puts it into the answer as it is)."""
+
+
+def nested_json(values: np.ndarray) -> RawJSON:
+    """`[[p],[p],...]` exactly as json.dumps would write `[[p] for p in values.tolist()]`, about twice as fast
+    (one flat dumps of the floats, then the brackets by string replacement)."""
+    flat = json.dumps(values.tolist(), separators=(",", ":"))
+    return RawJSON("[]" if flat == "[]" else "[[" + flat[1:-1].replace(",", "],[") + "]]")
+
+
 @dataclass
 class AllPredictions:
     """Every prediction in input order."""
@@ -76,7 +88,7 @@ class AllPredictions:
         self.parts.append(probs)
 
     def answer(self) -> dict:
-        return {"dtype": "float32", "data": [[p] for p in np.concatenate(self.parts).tolist()]}
+        return {"dtype": "float32", "data": nested_json(np.concatenate(self.parts))}
 
 
 class Scorer:
