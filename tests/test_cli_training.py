@@ -256,6 +256,14 @@ def test_visualdl_gets_a_directory_per_run_and_evaluation_scalars(data, tmp_path
     assert b"eval/auc" in records and b"eval/logloss" in records
 
 
+def test_an_unwritable_prediction_file_is_one_error_line(data, tmp_path):
+    save = tmp_path / "ckpt"
+    assert tool("trainer.py", *trainer_args(data, save)).returncode == 0
+    result = tool("infer.py", *trainer_args(data, save, f"runner.infer_output={data}/train.truth.txt/preds.txt"))
+    assert_one_error_line(result, "runner.infer_output: cannot write")
+    assert (data / "train.truth.txt").is_file()
+
+
 @pytest.mark.parametrize("overrides, expected", [
     (["runner.infer_load_path={tmp}/none"], "holds no checkpoints (train first"),
     (["runner.infer_load_path={tmp}/ckpt", "runner.infer_end_epoch=3"], "no checkpoint for epoch(s) 1, 2"),

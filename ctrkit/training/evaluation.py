@@ -119,7 +119,10 @@ def _evaluate_epochs(config, context, source, load_path, model, writer, on_epoch
             multi = config.runner["infer_end_epoch"] - config.runner["infer_start_epoch"] > 1
             out = config.runner["infer_output"] + (f".{epoch}" if multi else "")
             if context.is_main:
-                write_predictions(out, probs)
+                try:
+                    write_predictions(out, probs)
+                except OSError as exc:  # an unwritable place: the user's to fix (nothing half-written is left)
+                    raise ConfigError(f"runner.infer_output: cannot write {out}: {exc.strerror or exc}") from None
             result["predictions"] = out
         if writer is not None and result["auc"] is not None:
             writer.add_scalar(tag="eval/auc", step=epoch, value=result["auc"])
