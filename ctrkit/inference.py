@@ -367,7 +367,6 @@ def _paddle_config(model: ExportedModel, options: PredictorOptions):
             config.disable_onednn()
             if options.ir_optim:  # matmul + bias add (+ relu) -> one `fc` kernel: 7 fewer ops per DeepFM call
                 config.enable_custom_passes(list(CPU_EXTRA_PASSES), False)
-        _keep_intermediates()
     if options.memory_optim:
         config.enable_memory_optim()
     return config
@@ -375,17 +374,6 @@ def _paddle_config(model: ExportedModel, options: PredictorOptions):
 
 # PIR passes Paddle's default CPU pipeline lacks without oneDNN (benchmarks/engine_gap.py, docs/benchmark.md)
 CPU_EXTRA_PASSES = ("matmul_add_act_fuse_pass",)
-
-
-def _keep_intermediates() -> None:
-    """Turn off the executor's eager deletion of intermediate tensors (process-wide, before a predictor is built).
-    With it on, a helper thread frees every op's temporaries after each call: at batch 1 that is ~60% of a
-    DeepFM call's CPU (docs/benchmark.md). The auto-growth allocator keeps freed memory cached anyway, so peak RSS
-    does not change."""
-    import paddle
-
-    if paddle.get_flags(["FLAGS_eager_delete_tensor_gb"])["FLAGS_eager_delete_tensor_gb"] >= 0:
-        paddle.set_flags({"FLAGS_eager_delete_tensor_gb": -1.0})
 
 
 def _enable_tensorrt(config, model: ExportedModel, options: PredictorOptions) -> None:
