@@ -320,11 +320,11 @@ def _validated(path: str, tree: dict) -> Config:
     from ctrkit.schema import FeatureSchema  # the dataset block (schema-data owns its validation)
 
     try:
-        # dense_input_dim / sparse_inputs_slots are checked against the schema only when the user wrote them
+        # dense_input_dim / sparse_inputs_slots (PaddleRec's) are checked against the schema (Criteo's too) when given
         given = {k: v for k, v in tree["hyper_parameters"].items() if k in ("dense_input_dim", "sparse_inputs_slots")}
         FeatureSchema.from_config({"runner": runner, "dataset": tree.get("dataset"), "hyper_parameters": {
             "sparse_feature_number": hp.get("sparse_feature_number", 1000001)}}).check_hyper_parameters(
-            given if tree.get("dataset") else {})
+            given)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     try:

@@ -46,6 +46,7 @@ def test_overrides_are_typed():
     ("train_batch_size=1", "must start with 'runner.' or 'hyper_parameters.'"),
     ("runner.epochs", "key=value"),
     ("hyper_parameters.dense_input_dim=12", "dense_input_dim"),
+    ("hyper_parameters.sparse_inputs_slots=5", "sparse_inputs_slots is 5"),
     # values of the right type that no run can use (one class: ranges)
     ("runner.num_workers=-1", "runner.num_workers must be >= 0"),
     ("runner.seed=-1", "runner.seed must be in [0, 2**32)"),
@@ -104,7 +105,7 @@ def test_paddlerec_keys_are_accepted_with_one_warning(tmp_path, caplog):
                            "  optimizer:\n    class: Adam\n    learning_rate: 0.001\n    strategy: async\n")
     with caplog.at_level(logging.WARNING, logger="ctrkit.config"):
         config = load_config(path)
-    assert "sparse_inputs_slots" not in config.hyper_parameters
+    assert "sparse_inputs_slots" not in config.hyper_parameters  # 27 = Criteo's 26 slots + the label: agrees
     assert config.ignored_keys == ("runner.train_reader_path", "runner.use_auc", "runner.use_inference",
                                    "hyper_parameters.distributed_embedding", "hyper_parameters.optimizer.strategy")
     [record] = [r for r in caplog.records if r.name == "ctrkit.config" and r.levelno == logging.WARNING]
