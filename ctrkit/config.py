@@ -257,6 +257,10 @@ def load_config(path: str, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping with 'runner' and 'hyper_parameters'")
+    if {"workspace", "phase", "mode"} & set(raw) or isinstance(raw.get("runner"), list):
+        raise ConfigError(f"{path}: a PaddleRec 1.x config (workspace / mode / phase, a list of runners); this "
+                          f"toolkit reads PaddleRec 2.x configs: `runner:` and `hyper_parameters:` mappings "
+                          f"(e.g. models/rank/deepfm/config.yaml)")
     unknown_top = set(raw) - {"runner", "hyper_parameters", "dataset"}
     if unknown_top:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown_top)}; "

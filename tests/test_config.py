@@ -85,6 +85,8 @@ def test_relative_paths_resolve_against_the_config_file_and_overrides_against_cw
     ("- a\n- b\n", "top level must be a mapping"),
     (b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00\x00", "not a text file"),
     ("DIR", "is a directory"),
+    ("workspace: paddlerec.models.rank.deepfm\nmode: train_runner\nrunner:\n  - name: train_runner\n",
+     "a PaddleRec 1.x config"),
 ])
 def test_malformed_files_are_rejected(tmp_path, content, message):
     path = tmp_path / "config.yaml"
