@@ -130,3 +130,51 @@ def test_the_model_comes_from_runner_model_else_the_config_folder_else_an_error(
     with pytest.raises(ConfigError, match=r"runner.model is not set .* set runner.model .* deepfm"):
         load_config(path)
     assert load_config(path, ["runner.model=deepfm"]).model_name == "deepfm"
+
+
+PADDLEREC_DEEPFM = """\
+runner:
+  train_data_dir: "data/sample_data/train"
+  train_reader_path: "criteo_reader" # importlib format
+  use_gpu: False
+  use_xpu: False   # Enable this option only if you have an xpu device
+  use_auc: True
+  train_batch_size: 2
+  epochs: 3
+  print_interval: 2
+  model_save_path: "output_model_deepfm"
+  test_data_dir: "data/sample_data/train"
+  infer_reader_path: "criteo_reader" # importlib format
+  infer_batch_size: 5
+  infer_load_path: "output_model_deepfm"
+  infer_start_epoch: 0
+  infer_end_epoch: 3
+  use_inference: False
+  save_inference_feed_varnames: ["C1","C2","dense_input"]
+  save_inference_fetch_varnames: ["sigmoid_0.tmp_0"]
+  use_fleet: False
+  num_workers: 0
+hyper_parameters:
+  optimizer:
+    class: Adam
+    learning_rate: 0.001
+    strategy: async
+  sparse_inputs_slots: 27
+  sparse_feature_number: 1000001
+  sparse_feature_dim: 9
+  dense_input_dim: 13
+  fc_sizes: [512, 256, 128, 32]
+  distributed_embedding: 0
+"""
+
+
+def test_paddlerecs_own_deepfm_config_loads_as_is(tmp_path):
+    """PaddleRec 2.x's models/rank/deepfm/config.yaml, unchanged: the model from its folder, paths against it."""
+    folder = tmp_path / "models" / "rank" / "deepfm"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(PADDLEREC_DEEPFM)
+    config = load_config(str(folder / "config.yaml"), ["runner.epochs=1", "runner.train_batch_size=512"])
+    assert config.model_name == "deepfm" and config.runner["epochs"] == 1
+    assert config.runner["train_data_dir"] == str(folder / "data" / "sample_data" / "train")
+    assert config.hyper_parameters["fc_sizes"] == [512, 256, 128, 32]
+    assert "runner.use_xpu" in config.ignored_keys and "hyper_parameters.optimizer.strategy" in config.ignored_keys
