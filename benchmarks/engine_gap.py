@@ -50,10 +50,10 @@ def paddle_variant(model, threads: int, onednn=False, ir_optim=True, stock=False
     import paddle
     from paddle import inference
 
-    from ctrkit.inference import Predictor, PredictorOptions, _paddle_config
-    options = PredictorOptions(cpu_threads=threads, onednn=onednn, ir_optim=ir_optim)
+    from ctrkit.inference import Predictor, PredictorOptions, create_predictor
+    options = PredictorOptions(cpu_threads=threads, onednn=onednn, ir_optim=ir_optim, check_golden=False)
     if not stock:
-        return Predictor(model, options, inference.create_predictor(_paddle_config(model, options)))
+        return create_predictor(model, options)
     config = inference.Config(model.model_file, model.params_file)
     config.disable_glog_info()
     config.switch_ir_optim(ir_optim)
@@ -102,11 +102,13 @@ import sys; sys.path.insert(0, {REPO!r})
 from ctrkit.cpu_env import configure_cpu_env; configure_cpu_env()
 from paddle import inference
 from ctrkit.inference import load_exported_model, PredictorOptions, _paddle_config, Predictor
+import paddle
 sys.path.insert(0, {os.path.join(REPO, 'benchmarks')!r})
 from engine_gap import tile
 m = load_exported_model({model_dir!r})
 config = _paddle_config(m, PredictorOptions())
 config.enable_profile()
+paddle.set_flags({{"FLAGS_eager_delete_tensor_gb": -1.0 if PredictorOptions().keep_intermediates else 0.0}})
 p = Predictor(m, PredictorOptions(), inference.create_predictor(config))
 d, s, _ = tile(m, {batch})
 for _ in range({runs}):

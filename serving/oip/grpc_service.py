@@ -1,12 +1,12 @@
-"""Open Inference Protocol over gRPC: `inference.GRPCInferenceService` (ServerLive, ServerReady, ModelReady,
-ServerMetadata, ModelMetadata, ModelInfer) registered with a generic handler on raw bytes, so an undecodable request
-reaches our own validation (INVALID_ARGUMENT with a message) instead of failing inside grpc. Plus the standard
-`grpc.health.v1.Health` service. Refusals end with the fitting status code and the message as details (what
-tritonclient shows in its InferenceServerException)."""
+"""Open Inference Protocol over gRPC (grpc.aio, on the same event loop as the HTTP front-end, so the runtime's loop
+batcher merges requests of both transports without a thread hand-off): `inference.GRPCInferenceService`
+(ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer) registered with a generic handler
+on raw bytes, so an undecodable request reaches our own validation (INVALID_ARGUMENT with a message) instead of
+failing inside grpc. Plus the standard `grpc.health.v1.Health` service. Refusals end with the fitting status code
+and the message as details (what tritonclient shows in its InferenceServerException)."""
 from __future__ import annotations
 
 import logging
-from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -46,59 +46,73 @@ def _handlers(server) -> dict:
             response.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         return response
 
-    def model_infer(req, ctx):
-        response, version = server.infer_grpc(req)
+    async def model_infer(req, ctx):
+        response, version = await server.infer_grpc(req)
         return response
 
     return {"ServerLive": server_live, "ServerReady": server_ready, "ModelReady": model_ready,
             "ServerMetadata": server_metadata, "ModelMetadata": model_metadata, "ModelInfer": model_infer}
 
 
+def _ascii(text: str) -> str:
+    """gRPC details must be printable ASCII; a request's own (odd) names may not be."""
+    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\n", " ")
+
+
 def _wrap(server, method: str, fn):
     request_type = P.METHODS[method]
+    is_async = method == "ModelInfer"
 
-    def call(body: bytes, context: grpc.ServicerContext) -> bytes:
+    async def call(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             request = P.decode_grpc_message(request_type, body)
-            return fn(request, context).SerializeToString()
+            answer = await fn(request, context) if is_async else fn(request, context)
+            return answer.SerializeToString()
         except OipError as e:
-            if method == "ModelInfer":
+            if is_async:
                 server.count("grpc", e.kind.http_status)
-            context.abort(getattr(grpc.StatusCode, e.kind.grpc_code), e.message)
+            error = (getattr(grpc.StatusCode, e.kind.grpc_code), _ascii(e.message))
         except Exception:  # noqa: BLE001 - logged, never sent to the client
             log.exception("unexpected error in %s", method)
-            if method == "ModelInfer":
+            if is_async:
                 server.count("grpc", 500)
-            context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+            error = (grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+        await context.abort(*error)
     return call
 
 
 class GrpcFrontEnd:
-    def __init__(self, server, host: str, port: int, threads: int, max_message_bytes: int,
-                 reuse_port: bool = False):
+    """Built (and its port bound) inside the serving loop: `await GrpcFrontEnd.create(...)` there."""
+
+    @classmethod
+    async def create(cls, server, host: str, port: int, max_message_bytes: int, max_concurrent_rpcs: int,
+                     reuse_port: bool = False) -> "GrpcFrontEnd":
+        self = cls()
         options = [("grpc.so_reuseport", int(reuse_port)),
                    ("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="oip-grpc"),
-                                options=options)
+        self.grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
         methods = {name: grpc.unary_unary_rpc_method_handler(_wrap(server, name, fn))
                    for name, fn in _handlers(server).items()}
         self.grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(P.SERVICE, methods),))
-        self.health = health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        self.set_serving(False)
+        await self.set_serving(False)
         try:
             self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         except RuntimeError as e:
             raise OSError(f"cannot bind gRPC to {host}:{port}: {e}") from None
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC to {host}:{port}")
+        return self
 
-    def start(self) -> None:
-        self.grpc.start()
+    async def start(self) -> None:
+        await self.grpc.start()
 
-    def set_serving(self, serving: bool) -> None:
+    async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", P.SERVICE):
-            self.health.set(name, status)
+            await self.health.set(name, status)
 
-    def stop(self, grace_s: float):
-        return self.grpc.stop(grace_s)
+    async def stop(self, grace_s: float) -> None:
+        await self.grpc.stop(grace_s)

@@ -124,12 +124,9 @@ class HttpApp:
                 header_length = int(header_length)
             except ValueError:
                 raise OipError(P.BAD_REQUEST, "Inference-Header-Content-Length must be an integer") from None
-        if len(body) <= INLINE_BODY_BYTES:
-            answer, json_size = await self.server.infer_http_async(body, header_length)
-        else:  # decoding a large body on the event loop would stall every other connection
-            loop = asyncio.get_running_loop()
-            answer, json_size = await loop.run_in_executor(self.executor, self.server.infer_http, body,
-                                                           header_length)
+        # decoding a large body on the event loop would stall every other connection: a worker thread does it
+        answer, json_size = await self.server.infer_http(body, header_length,
+                                                         None if len(body) <= INLINE_BODY_BYTES else self.executor)
         out = {"Content-Type": "application/octet-stream" if json_size is not None else JSON}
         if json_size is not None:
             out["Inference-Header-Content-Length"] = str(json_size)

@@ -1,9 +1,10 @@
 """`python -m serving.oip`: the Open Inference Protocol (KServe v2) front-end over HTTP/REST and gRPC, on the
-protocol-free model runtime. One process serves both transports (HTTP on aiohttp in its event-loop thread, gRPC on its
-own thread pool); readiness, metrics and model versions come from the runtime."""
+protocol-free model runtime. One process serves both transports (HTTP on aiohttp and gRPC on grpc.aio, both on one
+event-loop thread, where the runtime's loop batcher merges their requests inline); readiness, metrics and model versions come from the runtime."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -28,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
     p.add_argument("--http_port", type=int, default=8000, help="HTTP/REST port (0: any free port)")
     p.add_argument("--grpc_port", type=int, default=8001, help="gRPC port (0: any free port)")
-    p.add_argument("--http_threads", type=int, default=16, help="threads decoding and predicting HTTP requests")
+    p.add_argument("--http_threads", type=int, default=4, help="threads decoding large (> 64 KiB) HTTP bodies")
     p.add_argument("--grpc_threads", "--thread", dest="grpc_threads", type=int, default=16,
-                   help="gRPC request threads")
+                   help="sizes the gRPC concurrency limit (64 concurrent RPCs per thread, as serving.rpc)")
     p.add_argument("--max_body_mb", type=float, default=8, help="largest request body (also once decompressed) "
                    "and gRPC message")
     p.add_argument("--keep_alive_s", type=int, default=60, help="idle keep-alive connections close after this")
@@ -91,33 +92,28 @@ class OipServer:
         self._requests.labels(transport, str(code)).inc()
 
     # ---- inference (called on worker threads)
-    def infer_http(self, body: bytes, header_length: int | None) -> tuple[bytes, int | None]:
-        """Decode, predict, encode on a worker thread (large bodies)."""
+    async def infer_http(self, body: bytes, header_length: int | None, executor=None) -> tuple[bytes, int | None]:
+        """Decode (on `executor` when given: a large body would stall the event loop), predict through the
+        runtime's loop batcher, encode."""
         start = time.perf_counter()
-        request = self.decoder.decode_json(body, header_length)
-        outputs, version = self.model.infer(request.inputs)
-        return self._http_answer(start, request, outputs, version)
-
-    async def infer_http_async(self, body: bytes, header_length: int | None) -> tuple[bytes, int | None]:
-        """The same on the event loop (small bodies: cheaper than a hop to a thread)."""
-        start = time.perf_counter()
-        request = self.decoder.decode_json(body, header_length)
+        if executor is None:
+            request = self.decoder.decode_json(body, header_length)
+        else:
+            loop = asyncio.get_running_loop()
+            request = await loop.run_in_executor(executor, self.decoder.decode_json, body, header_length)
         outputs, version = await self.model.infer_async(request.inputs)
-        return self._http_answer(start, request, outputs, version)
-
-    def _http_answer(self, start: float, request, outputs, version) -> tuple[bytes, int | None]:
         answer = P.encode_json(self.model.name, version, request, outputs)
         self._latency.labels("http").observe(time.perf_counter() - start)
         self.count("http", 200)
         return answer
 
-    def infer_grpc(self, request):
+    async def infer_grpc(self, request):
         start = time.perf_counter()
         if self.draining:
             raise P.OipError(P.UNAVAILABLE, "the server is shutting down")
         self.model.check(request.model_name, request.model_version)
         decoded = self.decoder.decode_grpc(request)
-        outputs, version = self.model.infer(decoded.inputs)
+        outputs, version = await self.model.infer_async(decoded.inputs)
         response = P.encode_grpc(self.model.name, version, decoded, outputs)
         self._latency.labels("grpc").observe(time.perf_counter() - start)
         self.count("grpc", 200)
@@ -125,6 +121,8 @@ class OipServer:
 
 
 def serve(args, ready_callback=None) -> int:
+    """Both transports on one event-loop thread (the runtime's loop batcher merges their requests inline); the
+    main thread waits for signals, then drains."""
     from serving.oip.grpc_service import GrpcFrontEnd
     from serving.oip.http import HttpApp
     from serving.rpc.http_app import HttpTransport  # the shared aiohttp transport (same library as serving.rpc)
@@ -132,44 +130,65 @@ def serve(args, ready_callback=None) -> int:
     runtime, options = _runtime(args)
     server = OipServer(runtime, options, args)
     reuse = bool(getattr(args, "reuse_port", False))
+    loop = asyncio.new_event_loop()
+
+    async def bind():
+        http = await HttpTransport.create(HttpApp(server, args.http_threads), args.host, args.http_port,
+                                          reuse_port=reuse, idle_timeout_s=args.keep_alive_s)
+        try:
+            grpc_front = await GrpcFrontEnd.create(server, args.host, args.grpc_port, server.max_body_bytes,
+                                                   args.grpc_threads * 64, reuse)
+        except BaseException:
+            await http.close()
+            raise
+        await grpc_front.start()
+        await grpc_front.set_serving(True)
+        return http, grpc_front
+
     try:
-        http = HttpTransport(HttpApp(server, args.http_threads), args.host, args.http_port, reuse_port=reuse,
-                             idle_timeout_s=args.keep_alive_s)
-        grpc_front = GrpcFrontEnd(server, args.host, args.grpc_port, args.grpc_threads, server.max_body_bytes,
-                                  reuse)
-    except OSError:
+        http, grpc_front = loop.run_until_complete(bind())
+    except BaseException:
+        loop.close()
         runtime.close()
         raise
-    stop = threading.Event()
+    thread = threading.Thread(target=loop.run_forever, name="oip-loop", daemon=True)
+    thread.start()
+    call = lambda coro, timeout=None: asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)  # noqa: E731
+    flags = {"stop": False, "reload": False}  # signal handlers only assign flags (no locks in a handler)
 
     def on_signal(signum, _frame):
-        if signum == signal.SIGHUP:
-            runtime.reload()
-        else:
-            stop.set()
+        flags["reload" if signum == signal.SIGHUP else "stop"] = True
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    http.start()
-    grpc_front.start()
-    grpc_front.set_serving(True)
     line = (f"serving.oip ready: model {server.model.name} version {server.model.version} "
             f"http {args.host}:{http.port} grpc {args.host}:{grpc_front.port}")
     print(line, flush=True)
     if ready_callback:
         ready_callback(line)
-    while not stop.wait(1.0):
-        pass
+    while not flags["stop"]:
+        time.sleep(0.2)
+        if flags["reload"]:
+            flags["reload"] = False
+            runtime.reload()
     # drain: report not ready, refuse new requests (503 / UNAVAILABLE), let those in flight finish
-    log.info("draining (up to %.0f s)", args.drain_timeout_s)
+    timeout = args.drain_timeout_s
+    log.info("draining (up to %.0f s)", timeout)
     server.draining = True
     runtime.drain()
-    grpc_front.set_serving(False)
-    http.stop_accepting()
-    grpc_done = grpc_front.stop(args.drain_timeout_s)
-    ok = runtime.wait_idle(args.drain_timeout_s)
-    ok = grpc_done.wait(args.drain_timeout_s + 1) and ok
-    http.close()
+    call(grpc_front.set_serving(False))
+    call(http.stop_accepting())
+    grpc_stop = asyncio.run_coroutine_threadsafe(grpc_front.stop(timeout), loop)
+    ok = runtime.wait_idle(timeout)
+    try:
+        grpc_stop.result(timeout + 1)
+    except Exception:  # noqa: BLE001
+        log.debug("gRPC stop", exc_info=True)
+    try:
+        call(http.close(), 10)
+    except Exception:  # noqa: BLE001
+        log.debug("HTTP close", exc_info=True)
+    loop.call_soon_threadsafe(loop.stop)
     runtime.close()
     log.info("stopped%s", "" if ok else " (drain timed out)")
     return 0 if ok else 1
