@@ -493,9 +493,11 @@ def create_onnx_predictor(path: str | ExportedModel, cpu_threads: int = 1, check
     onnx_file = find_onnx_file(model)
     if onnx_file is None:
         raise ExportedModelError(f"{model.directory} has no {ONNX_FILE}; export with tools/to_static.py --onnx")
-    if capabilities()["onnxruntime"] is None:
-        raise CapabilityError("onnxruntime is not installed")
-    import onnxruntime
+    try:  # not through capabilities(): that imports paddle, which an ONNX Runtime server does not need
+        import onnxruntime
+    except ImportError:
+        raise CapabilityError("onnxruntime is not installed (pip install onnxruntime, or "
+                              "requirements/serving.txt)") from None
 
     session_options = onnxruntime.SessionOptions()
     session_options.intra_op_num_threads = cpu_threads

@@ -39,7 +39,7 @@ def local(exported_deepfm):
 def server(exported_deepfm, tmp_path_factory):
     log = str(tmp_path_factory.mktemp("rpc-hard") / "server.log")
     srv = RpcServer(os.path.join(exported_deepfm, "serving_server"), log, "--max_body_mb", "1", "--max_decode_mb",
-                    "13", "--http_idle_timeout_s", "3", "--http_read_timeout_s", "3")
+                    "20", "--http_idle_timeout_s", "3", "--http_read_timeout_s", "3")
     yield srv
     assert srv.stop() == 0, srv.log()
     assert "Traceback" not in srv.log()
@@ -159,7 +159,7 @@ def test_trickling_connections_neither_block_nor_stay(server, rows, local):
 def test_body_limits_and_budget(server, rows):
     r = post(server, b" " * (2 << 20), **{"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["err_no"] == P.TOO_LARGE.err_no
-    # 0.9 MiB JSON bodies reserve ~11 MiB of the 13 MiB decode budget: concurrent ones wait for each other
+    # 0.9 MiB JSON bodies reserve 18 MiB of the 20 MiB decode budget: concurrent ones wait for each other
     body = json.dumps(json_request(rows[0][:1], rows[1][:1])).encode() + b" " * (900 << 10)
     answers: list[int] = []
 

@@ -174,7 +174,8 @@ def parse(*argv: str):
 
 def test_flags_map_to_options():
     o = parse()
-    assert o.backend == "paddle" and o.predictor == PredictorOptions() and o.instances == 2
+    assert o.backend == "paddle" and o.predictor == PredictorOptions() and o.instances == 1
+    assert parse("--backend", "onnxruntime").instances == 2
     o = parse("--use_mkl", "--cpu_threads", "2", "--ir_optim", "False", "--predictors", "3", "--batch_window_ms", "2",
               "--max_batch_size", "64", "--version_poll_s", "0")
     assert o.predictor.onednn and o.predictor.cpu_threads == 2 and not o.predictor.ir_optim
@@ -190,6 +191,6 @@ def test_flags_map_to_options():
                        (("--backend", "onnxruntime", "--use_gpu"), "CPU execution provider"),
                        (("--backend", "onnxruntime", "--memory_optim"), "cannot honour"),
                        (("--gpu_ids", "0,1"), "one GPU id"),
-                       (("--predictors", "0"), "--predictors must be >= 1")):
+                       (("--predictors", "-1"), "--predictors must be >= 1")):
         with pytest.raises(ValueError, match=text):
             parse(*argv)

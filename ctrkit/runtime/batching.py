@@ -119,20 +119,29 @@ class DynamicBatcher:
                 break
             jobs, carry, stop = self._gather(first)
             with self._pool.acquire() as instance:
-                run_jobs(instance, jobs, self._on_batch)
+                run_jobs(instance, jobs, self._on_batch, self._max_samples)
         if carry is not None:  # stop arrived while a job was carried over: answer it before leaving
             with self._pool.acquire() as instance:
-                run_jobs(instance, [carry], self._on_batch)
+                run_jobs(instance, [carry], self._on_batch, self._max_samples)
 
     def _run(self, instance, jobs: list[_Job]) -> None:
-        run_jobs(instance, jobs, self._on_batch)
+        run_jobs(instance, jobs, self._on_batch, self._max_samples)
 
 
-def run_jobs(instance, jobs: list, on_batch: Callable[[int], None]) -> None:
+def run_chunked(instance, arrays: tuple, max_rows: int) -> np.ndarray:
+    """instance.run over at most `max_rows` rows at a time: a request larger than the merge limit never makes the
+    model hold intermediates for more rows than a merged batch would (Paddle keeps them between runs)."""
+    rows = len(arrays[0])
+    if rows <= max_rows:
+        return instance.run(*arrays)
+    return np.concatenate([instance.run(*(a[i:i + max_rows] for a in arrays)) for i in range(0, rows, max_rows)])
+
+
+def run_jobs(instance, jobs: list, on_batch: Callable[[int], None], max_rows: int = 1 << 62) -> None:
     """One model call for `jobs` (merged when several), each job answered with its own slice."""
     try:
         if len(jobs) == 1:
-            outs = [instance.run(*jobs[0].arrays)]
+            outs = [run_chunked(instance, jobs[0].arrays, max_rows)]
         else:
             merged = instance.run(*(np.concatenate(parts) for parts in zip(*(j.arrays for j in jobs))))
             outs = np.split(merged, np.cumsum([j.rows for j in jobs])[:-1])
@@ -189,7 +198,8 @@ class LoopBatcher:
     ONNX Runtime model that is the cheapest path. Used by asyncio front-ends through `predict_async`."""
 
     def __init__(self, pool, loop, window_s: float, max_samples: int,
-                 on_batch: Callable[[int], None] = lambda n: None):
+                 on_batch: Callable[[int], None] = lambda n: None, merge: bool = True):
+        self._merge = merge
         self._pool = pool
         self._loop = loop
         self._window_s = window_s
@@ -237,9 +247,9 @@ class LoopBatcher:
         pending, self._pending = self._pending, []
         while pending:
             jobs, samples = [], 0
-            while pending and (not jobs or samples + pending[0].rows <= self._max_samples):
+            while pending and (not jobs or self._merge and samples + pending[0].rows <= self._max_samples):
                 job = pending.pop(0)
                 jobs.append(job)
                 samples += job.rows
             with self._pool.acquire() as instance:
-                run_jobs(instance, jobs, self._on_batch)
+                run_jobs(instance, jobs, self._on_batch, self._max_samples)

@@ -68,7 +68,7 @@ class RuntimeOptions:
 
     backend: str = "paddle"                       # paddle | onnxruntime | constant (benchmark ceiling)
     predictor: PredictorOptions = field(default_factory=PredictorOptions)
-    instances: int = 2                            # parallel model calls (predictors / session slots)
+    instances: int = 0                            # model instances; 0: auto (paddle 1, others 2), see below
     batching: BatchingOptions = field(default_factory=BatchingOptions)
     version_poll_s: float = 5.0                   # 0: only on reload()
     constant_value: float = 0.5                   # what the constant backend answers
@@ -76,6 +76,11 @@ class RuntimeOptions:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.instances == 0:
+            # Paddle's CPU run() holds the GIL, so a second predictor in one process runs nothing in parallel and
+            # costs a copy of the weights (~40 MB for DeepFM); ONNX Runtime releases the GIL and shares one session.
+            object.__setattr__(self, "instances", 1 if self.backend == "paddle" and self.predictor.device == "cpu"
+                               else 2)
         if self.instances < 1:
             raise ValueError(f"instances (--predictors) must be >= 1, got {self.instances}")
         if self.version_poll_s < 0:
@@ -144,7 +149,8 @@ def add_runtime_flags(parser: argparse.ArgumentParser, serving: bool = True, cpu
     g.add_argument("--mem_optim_off", action="store_true", help="Paddle Serving's flag; memory optimisation is "
                    "already off by default here")
     if serving:
-        g.add_argument("--predictors", type=int, default=2, help="model instances (parallel model calls)")
+        g.add_argument("--predictors", type=int, default=0, help="model instances (parallel model calls); default "
+                       "0 = auto: 1 for Paddle on the CPU (its run holds the GIL), else 2")
         g.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
                        help="dynamic batching: merge concurrent requests into one model call")
         g.add_argument("--batch_window_ms", type=float, default=0.0, help="extra time to wait for requests to merge "
@@ -187,7 +193,9 @@ def options_from_args(args: argparse.Namespace) -> RuntimeOptions:
     batching = BatchingOptions()
     extra = {}
     if hasattr(args, "predictors"):
-        for name in ("predictors", "batch_max_samples", "max_batch_size"):
+        if args.predictors < 0:
+            raise ValueError(f"--predictors must be >= 1 (0: auto), got {args.predictors}")
+        for name in ("batch_max_samples", "max_batch_size"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
         if args.batch_window_ms < 0 or args.version_poll_s < 0:

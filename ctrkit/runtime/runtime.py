@@ -107,8 +107,8 @@ class LoadedModel:
         if batcher is None:
             b = self.options.batching
             batcher = self._loop_batchers[loop] = LoopBatcher(
-                self._pool, loop, b.window_ms / 1000.0 if b.enabled else 0.0, b.max_samples if b.enabled else 1,
-                self.metrics.model_samples.observe)
+                self._pool, loop, b.window_ms / 1000.0 if b.enabled else 0.0, b.max_samples,
+                self.metrics.model_samples.observe, merge=b.enabled)
         try:
             out = await batcher.submit(arrays)
         except Exception:

@@ -5,15 +5,16 @@ they become arrays (a 60 MiB JSON body once cost ~680 MiB), protobuf less so. Ev
 `body bytes x expansion` from one budget per process before its body is read (HTTP) or decoded (gRPC), and gives
 it back when answered. A request that does not fit waits for others to finish (up to `wait_s`), then is refused
 with RESOURCE_EXHAUSTED. A single request larger than the whole budget is refused at once. With the defaults
-(8 MiB bodies, 96 MiB budget) the decoded requests of one worker hold at most ~96 MiB on top of the model.
+(2 MiB bodies, 48 MiB budget) the requests being decoded in one worker hold at most ~48 MiB on top of the
+model.
 """
 from __future__ import annotations
 
 import threading
 import time
 
-JSON_EXPANSION = 12   # measured: ~11x for a JSON Request of floats and ids
-PROTO_EXPANSION = 4
+JSON_EXPANSION = 20   # RSS growth per body byte, measured for JSON Requests of floats (lists of Python floats)
+PROTO_EXPANSION = 8
 
 
 class ByteBudget:

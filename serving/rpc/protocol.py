@@ -177,7 +177,9 @@ def _proto_values(t, key: str) -> np.ndarray:
             raise RequestError(WRONG_SHAPE, f"tensor '{key}': tensor_content has {len(t.tensor_content)} bytes, "
                                             f"not a multiple of {dtype.itemsize} ({ELEM_NAMES[elem]})")
         return np.frombuffer(t.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
-    return np.array(getattr(t, field), dtype=dtype)
+    values = getattr(t, field)
+    # fromiter: no intermediate list of Python numbers (a large request would briefly hold one per value)
+    return np.fromiter(values, dtype=dtype, count=len(values))
 
 
 def decode_proto(body: bytes) -> InferenceRequest:

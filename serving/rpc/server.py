@@ -23,7 +23,7 @@ from ctrkit.runtime import ModelRuntime, RuntimeMetrics, add_runtime_flags, opti
 
 from serving.rpc.grpc_transport import GrpcTransport
 from serving.rpc.http_app import HttpApp, HttpTransport
-from serving.rpc.limits import ByteBudget
+from serving.rpc.limits import JSON_EXPANSION, PROTO_EXPANSION, ByteBudget
 from serving.rpc.service import FrontendMetrics, InferenceService
 
 log = logging.getLogger("serving.rpc")
@@ -74,12 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enable_prometheus", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL",
                    help="metrics are always served at GET /metrics on --http_port")
     b = p.add_argument_group("limits")
-    b.add_argument("--max_body_mb", type=float, default=8, help="largest request body (HTTP, also once "
+    b.add_argument("--max_body_mb", type=float, default=2, help="largest request body (HTTP, also once "
                    "decompressed) and gRPC message, MiB")
     b.add_argument("--max_body_size", type=int, default=None, help="Paddle Serving's spelling of the body limit, "
                    "in bytes")
-    b.add_argument("--max_decode_mb", type=float, default=96, help="memory all requests being decoded at once may "
-                   "hold (body x expansion: JSON 12x, protobuf 4x); more wait, then get err_no 4013")
+    b.add_argument("--max_decode_mb", type=float, default=48, help="memory all requests being decoded at once may "
+                   "hold (body x expansion: JSON 20x, protobuf 8x); more wait, then get err_no 4013")
     b.add_argument("--http_idle_timeout_s", type=float, default=60, help="a connection without a complete request "
                    "(headers) this long after it opened or after its last answer is closed")
     b.add_argument("--http_read_timeout_s", type=float, default=30, help="a request body must arrive within this")
@@ -123,9 +123,13 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{name} must be >= 1")
     if args.max_body_mb <= 0 or args.max_decode_mb <= 0 or args.drain_timeout_s < 0:
         raise ValueError("--max_body_mb and --max_decode_mb must be > 0, --drain_timeout_s >= 0")
-    if args.max_decode_mb < args.max_body_mb * 4:
+    if args.max_decode_mb < args.max_body_mb * PROTO_EXPANSION:
         raise ValueError(f"--max_decode_mb {args.max_decode_mb:g} cannot hold one protobuf body of --max_body_mb "
-                         f"{args.max_body_mb:g} (needs >= 4x)")
+                         f"{args.max_body_mb:g} (needs >= {PROTO_EXPANSION}x)")
+    if args.max_decode_mb < args.max_body_mb * JSON_EXPANSION:
+        log.warning("--max_decode_mb %g holds no JSON body of --max_body_mb %g (needs %dx): JSON bodies over %.1f "
+                    "MiB are refused", args.max_decode_mb, args.max_body_mb, JSON_EXPANSION,
+                    args.max_decode_mb / JSON_EXPANSION)
     if args.http_idle_timeout_s <= 0 or args.http_read_timeout_s <= 0:
         raise ValueError("--http_idle_timeout_s and --http_read_timeout_s must be > 0")
     return args
