@@ -624,11 +624,14 @@ def parse_block(block: bytes, layout: Layout, schema: FeatureSchema, source: str
     rows = block.count(b"\n")
     plan = _plan(schema, layout)
     truncated = Counter()
+    not_utf8 = _not_utf8_rows(block)  # the per-line parser words those errors
     if plan.fmt == "slot":
         fast = _slot_fast(block, rows, plan, schema, layout) if rows else None
         out = _empty(rows, schema, layout.labeled)
         slow = np.arange(rows)
         if fast is not None:
+            if not_utf8 is not None:
+                fast.flagged[not_utf8] = True
             _take_fast(out, fast, np.arange(rows), layout, schema, truncated)
             slow = np.flatnonzero(fast.flagged)
         line_ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
@@ -652,6 +655,8 @@ def parse_block(block: bytes, layout: Layout, schema: FeatureSchema, source: str
         out = _empty(rows, schema, layout.labeled)
         slow = np.arange(rows)
         if fast is not None:
+            if not_utf8 is not None:
+                fast.flagged[np.isin(good, not_utf8)] = True
             _take_fast(out, fast, good, layout, schema, truncated)
             slow = np.setdiff1d(slow, good[~fast.flagged], assume_unique=True)
         if lines is None:
@@ -667,6 +672,22 @@ def parse_block(block: bytes, layout: Layout, schema: FeatureSchema, source: str
     if stats is not None:
         stats.update(truncated)
     return batch, errors
+
+
+def _not_utf8_rows(block: bytes) -> np.ndarray | None:
+    """Rows (0-based) holding bytes that are not valid UTF-8, or None when the whole block is valid."""
+    try:
+        block.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        pass
+    bad = []
+    for i, line in enumerate(block.split(b"\n")):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(i)
+    return np.array(bad, dtype=np.int64)
 
 
 def _take_fast(out: Batch, fast: _Fast, rows: np.ndarray, layout: Layout, schema: FeatureSchema,
