@@ -13,6 +13,10 @@ import argparse
 import json
 import sys
 
+from ctrkit.cpu_env import configure_cpu_env
+
+configure_cpu_env()  # before anything imports paddle (see ctrkit/cpu_env.py)
+
 from ctrkit.cli import run_cli
 from ctrkit.data import FeatureSpec, convert_to_slot
 

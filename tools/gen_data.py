@@ -18,6 +18,10 @@ import os
 
 import yaml
 
+from ctrkit.cpu_env import configure_cpu_env
+
+configure_cpu_env()  # before anything imports paddle (see ctrkit/cpu_env.py)
+
 from ctrkit.cli import run_cli
 from ctrkit.data.spec import FeatureSpec
 from ctrkit.data.synthetic import DEFAULT_TRUTH_SEED, _PART_PATTERN, generate_dataset, summary_line
