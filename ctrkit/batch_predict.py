@@ -229,15 +229,19 @@ def score_chunks(chunks: Iterable[Chunk], schema, predict: Callable[[Any], np.nd
     def parse(chunk):
         return parse_chunk(schema, chunk)
 
+    def serial(items):
+        for chunk in items:
+            start = time.perf_counter()
+            batch = parse(chunk)
+            yield chunk, batch, time.perf_counter() - start
+
+    chunks = iter(chunks)
     if pipeline:
-        parsed = pipelined(chunks, parse)
+        ahead = list(itertools.islice(chunks, 2))
+        # one chunk only (a small upload): nothing to overlap, and no thread to start
+        parsed = pipelined(itertools.chain(ahead, chunks), parse) if len(ahead) > 1 else serial(ahead)
     else:
-        def serial():
-            for chunk in chunks:
-                start = time.perf_counter()
-                batch = parse(chunk)
-                yield chunk, batch, time.perf_counter() - start
-        parsed = serial()
+        parsed = serial(chunks)
     try:
         for chunk, batch, parse_s in parsed:
             start = time.perf_counter()

@@ -679,3 +679,20 @@ def test_header_timeout_closes_tricklers_and_frees_the_connection_limit(exported
         for conn in conns:
             conn.close()
         assert server.stop() == 0
+
+
+def test_predictions_equal_paddle_infer(service, exported_deepfm, raw_5000, tmp_path):
+    """The upload service and tools/paddle_infer.py share one lines -> predictions path: the same numbers."""
+    import subprocess
+    import sys
+
+    from ctrkit.predictions import read_predictions
+    from upload_helpers import REPO_ROOT
+
+    out = tmp_path / "preds.txt"
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "paddle_infer.py"), "--model_dir",
+                             exported_deepfm, "--data_dir", raw_5000, "--output", str(out), "--num_workers", "0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    answer = post(service, open(raw_5000, "rb").read(), user_id="same", full="true").json()
+    np.testing.assert_allclose(np.float32(scores(answer)), read_predictions(out), rtol=0, atol=1e-6)
