@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep_alive_s", type=int, default=60, help="idle keep-alive connections close after this")
     p.add_argument("--drain_timeout_s", type=float, default=30, help="on SIGTERM, how long in-flight requests may "
                    "take")
+    p.add_argument("--workers", type=int, default=1, help="server processes sharing both ports (SO_REUSEPORT; the "
+                   "kernel spreads connections over them); a worker that dies is restarted")
+    p.add_argument("--reuse_port", action="store_true", help=argparse.SUPPRESS)  # set for the workers of --workers
     p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_runtime_flags(p)
     return p
@@ -194,13 +197,62 @@ def serve(args, ready_callback=None) -> int:
     return 0 if ok else 1
 
 
+READY_PREFIX = "serving.oip ready"
+
+
+def run_workers(args, argv: list[str]) -> int:
+    """`--workers N`: N complete servers on the same two ports under the shared supervisor (serving.supervisor):
+    one ready line once all are ready, a dead worker restarted, SIGTERM drains all, SIGHUP reaches each; /metrics
+    sums every worker (Prometheus multi-process mode)."""
+    import shutil
+    import tempfile
+
+    from ctrkit.runtime import MULTIPROC_ENV
+    from serving.rpc.workers import reserve_port
+    from serving.supervisor import Supervisor
+
+    sockets = [reserve_port(args.host, args.http_port), reserve_port(args.host, args.grpc_port)]
+    http_port, grpc_port = (sock.getsockname()[1] for sock in sockets)
+    metrics_dir = tempfile.mkdtemp(prefix="ctrkit-oip-metrics-")
+    # later flags win in argparse: the workers get the resolved ports and run one process each
+    cmd = [sys.executable, "-m", "serving.oip", *argv, "--workers", "1", "--http_port", str(http_port),
+           "--grpc_port", str(grpc_port), "--reuse_port"]
+    sup = Supervisor(cmd, args.workers, env={**os.environ, MULTIPROC_ENV: metrics_dir},
+                     is_ready=lambda line: line.startswith(READY_PREFIX), drain_timeout_s=args.drain_timeout_s,
+                     multiproc_dir=metrics_dir)
+    try:
+        try:
+            lines = sup.start()
+        except RuntimeError as e:
+            log.error("%s", e)
+            return 2
+        name = lines[0].split()[3]
+        version = max((line.split()[5] for line in lines), key=lambda v: int(v) if v.isdigit() else -1)
+        print(f"{READY_PREFIX}: model {name} version {version} http {args.host}:{http_port} "
+              f"grpc {args.host}:{grpc_port} workers {args.workers}", flush=True)
+        return sup.supervise()
+    finally:
+        for proc in sup.workers:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for sock in sockets:
+            sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ctrkit.cpu_env import configure_cpu_env
     configure_cpu_env()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    if args.workers < 1:
+        print("serving.oip: error: --workers must be >= 1", file=sys.stderr)
+        return 2
     try:
+        if args.workers > 1:
+            return run_workers(args, sys.argv[1:] if argv is None else list(argv))
         return serve(args)
     except (OSError, ValueError) as e:
         print(f"serving.oip: error: {e}", file=sys.stderr)

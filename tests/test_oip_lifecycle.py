@@ -1,0 +1,101 @@
+"""serving.oip's life cycle on real processes: hot swap of a model version under tritonclient load with no failed
+request, --workers with a killed worker restarted by the shared supervisor, and SIGTERM draining every worker."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from test_oip_server import OipServer, _inputs, tritongrpc, tritonhttp
+
+
+def _golden(model_dir: str):
+    from ctrkit.inference import load_exported_model
+    dense, sparse, _ = load_exported_model(model_dir).golden()
+    return dense, sparse
+
+
+def _wait(predicate, timeout_s: float = 120, every_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every_s)
+    return False
+
+
+def test_hot_swap_under_load_fails_no_request(exported_deepfm, tmp_path):
+    versions = tmp_path / "deepfm"
+    versions.mkdir()
+    shutil.copytree(exported_deepfm, versions / "1")
+    dense, sparse = _golden(exported_deepfm)
+    srv = OipServer(str(versions), str(tmp_path / "swap.log"), "--version_poll_s", "0.3", "--log_level", "INFO")
+    stop, failures, seen = threading.Event(), [], set()
+
+    def load(kind: str) -> None:
+        module = tritonhttp if kind == "http" else tritongrpc
+        client = srv.http_client() if kind == "http" else srv.grpc_client()
+        while not stop.is_set():
+            try:
+                result = client.infer("deepfm", _inputs(module, dense[:2], sparse[:2]))
+                seen.add(result.get_response()["model_version"] if kind == "http"
+                         else result.get_response().model_version)
+                assert result.as_numpy("prob").shape == (2, 1)
+            except Exception as e:  # noqa: BLE001
+                failures.append(f"{kind}: {e}")
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in ("http", "grpc", "http", "grpc")]
+    try:
+        for t in threads:
+            t.start()
+        assert _wait(lambda: "1" in seen, 60)
+        # publish version 2 atomically (copy aside, then rename), as docs/rpc.md says
+        shutil.copytree(exported_deepfm, versions / ".staging-2")
+        os.rename(versions / ".staging-2", versions / "2")
+        assert _wait(lambda: "2" in seen, 120), srv.log()[-3000:]
+        assert _wait(lambda: srv.http_client().get_model_metadata("deepfm")["versions"] == ["2"], 30)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        assert srv.stop() == 0
+    assert not failures, failures[:5]
+    assert {"1", "2"} <= seen
+
+
+def test_workers_restart_a_killed_worker_and_drain_on_sigterm(exported_deepfm, tmp_path):
+    dense, sparse = _golden(exported_deepfm)
+    srv = OipServer(exported_deepfm, str(tmp_path / "workers.log"), "--workers", "2", "--backend", "onnxruntime",
+                    "--log_level", "INFO")
+    try:
+        parent = psutil.Process(srv.proc.pid)
+        workers = [p for p in parent.children() if "serving.oip" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        for module, client in ((tritonhttp, srv.http_client()), (tritongrpc, srv.grpc_client())):
+            assert client.infer("deepfm", _inputs(module, dense[:3], sparse[:3])).as_numpy("prob").shape == (3, 1)
+        victim = workers[0]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+
+        def replaced() -> bool:
+            alive = [p for p in parent.children() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                     and "serving.oip" in " ".join(p.cmdline())]
+            return len(alive) == 2 and victim.pid not in {p.pid for p in alive}
+        assert _wait(replaced, 180), srv.log()[-3000:]
+        # the restarted worker is ready when it answers: every new connection (either worker) gets answers
+        assert _wait(lambda: srv.http_client().is_server_ready(), 60)
+        for _ in range(6):
+            client = srv.grpc_client()
+            assert client.infer("deepfm", _inputs(tritongrpc, dense[:1], sparse[:1])).as_numpy("prob").shape == (1, 1)
+            client.close()
+        assert "restarting it" in srv.log()
+    finally:
+        status = srv.stop()
+    assert status == 0, srv.log()[-3000:]
