@@ -165,15 +165,13 @@ def export_model(model: paddle.nn.Layer, output_dir: str, *, golden_dense: np.nd
 def export_from_config(config: Config, output_dir: str, *, model_prefix: str = DEFAULT_PREFIX,
                        serving: bool = False, onnx: bool = False, golden_data: str | None = None,
                        explicit_overrides: list[str] | None = None) -> str:
-    """Build the model of checkpoint `runner.model_init_path` (its recorded hyper-parameters and schema, see
+    """Build the model of checkpoint `runner.model_init_path` (default: the last epoch in runner.model_save_path;
+    its recorded hyper-parameters and schema, see
     `ctrkit.zoo.build_model_for_checkpoint`), load it, and export it. Golden rows: `golden_data`, else the
     config's test_data_dir, else its train_data_dir, else generated rows that follow the model's schema (a
     checkpoint alone exports, as with PaddleRec); one log line says which. `explicit_overrides`: the dotted keys
     the user gave with -o (a recorded hyper-parameter they contradict is an error naming both values)."""
-    checkpoint_dir = config.runner["model_init_path"]
-    if not checkpoint_dir:
-        raise ExportError("runner.model_init_path is not set: pass -o runner.model_init_path=<checkpoint dir>, "
-                          "e.g. output/deepfm/checkpoints/0")
+    checkpoint_dir = config.runner["model_init_path"] or _latest_checkpoint(config)
     try:
         model = build_model_for_checkpoint(config, checkpoint_dir, schema_from_checkpoint=True,
                                            explicit=explicit_overrides, logger=log)
@@ -195,6 +193,22 @@ def export_from_config(config: Config, output_dir: str, *, model_prefix: str = D
     return export_model(model, output_dir, golden_dense=dense, golden_sparse=sparse,
                         golden_source=golden_source, model_prefix=model_prefix, serving=serving, onnx=onnx,
                         source={"config": config.path, "checkpoint": os.path.abspath(checkpoint_dir)})
+
+
+def _latest_checkpoint(config: Config) -> str:
+    """Without runner.model_init_path: the last complete epoch under runner.model_save_path (where the trainer
+    just wrote it), as PaddleRec's to_static finds its model from the config alone."""
+    from ctrkit.checkpoint import checkpoint_dirs
+
+    save_path = config.runner["model_save_path"]
+    found = checkpoint_dirs(save_path) if save_path else []
+    if not found:
+        raise ExportError(f"runner.model_init_path is not set and runner.model_save_path={save_path or '(unset)'} "
+                          "holds no checkpoint: pass -o runner.model_init_path=<checkpoint dir>, "
+                          "e.g. output/deepfm/checkpoints/0")
+    log.info("checkpoint: %s (the last epoch in runner.model_save_path; -o runner.model_init_path=DIR picks another)",
+             found[-1])
+    return found[-1]
 
 
 def _golden_path(config: Config, golden_data: str | None) -> str | None:

@@ -67,7 +67,8 @@ def test_exports_a_checkpoint_with_serving_layout(trained_checkpoint, tmp_path, 
 
 
 @pytest.mark.parametrize("args,message", [
-    ([], "runner.model_init_path is not set"),
+    (["-o", "runner.model_save_path=/nonexistent/ckpts"],
+     "runner.model_init_path is not set and runner.model_save_path=/nonexistent/ckpts holds no checkpoint"),
     (["-o", "runner.model_init_path=/nonexistent/ckpt/0"], "no checkpoint parameters at /nonexistent/ckpt/0"),
 ])
 def test_checkpoint_errors(args, message, tmp_path):
@@ -128,3 +129,14 @@ def test_an_override_that_contradicts_the_checkpoint_names_both_values(recorded_
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "hyper_parameters.fc_sizes" in result.stderr and "[32]" in result.stderr and "[24, 8]" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_without_model_init_path_the_last_epoch_of_model_save_path_is_exported(recorded_checkpoint, tmp_path,
+                                                                               raw_sample):
+    save_path = os.path.dirname(recorded_checkpoint)
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "to_static.py"), "-m", CONFIG,
+                             "-o", f"runner.model_save_path={save_path}", "--golden_data", raw_sample,
+                             "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"checkpoint: {recorded_checkpoint} (the last epoch in runner.model_save_path" in result.stderr
+    assert json.load(open(tmp_path / "out" / META_FILE))["source"]["checkpoint"] == recorded_checkpoint

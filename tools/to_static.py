@@ -3,8 +3,9 @@
     python tools/to_static.py -m models/rank/deepfm/config.yaml \\
         -o runner.model_init_path=output/deepfm/checkpoints/0 --output_dir output/deepfm/inference --serving --onnx
 
-Writes <output_dir>/tostatic.json + tostatic.pdiparams + model_meta.json (model, inputs, output, feature spec,
-golden batch of real rows with the dygraph outputs); --serving adds serving_server/ and serving_client/
+The checkpoint is runner.model_init_path, else the last epoch in runner.model_save_path (where tools/trainer.py
+wrote it). Writes <output_dir>/tostatic.json + tostatic.pdiparams + model_meta.json (model, inputs, output, feature
+schema, golden batch with the dygraph outputs); --serving adds serving_server/ and serving_client/
 (Paddle Serving layout and GeneralModelConfig prototxt); --onnx adds model.onnx. The static model (and the
 ONNX model) must reproduce the dygraph outputs on the golden batch within 1e-5, or nothing is written and the
 exit status is non-zero. Golden rows come from --golden_data, else runner.test_data_dir, else runner.train_data_dir,
