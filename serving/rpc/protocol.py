@@ -153,33 +153,66 @@ def _tensor_key(name: str, alias: str, index: int) -> str:
 def _check_shape(key: str, shape: list) -> tuple[int, ...]:
     if not shape:
         raise RequestError(WRONG_SHAPE, f"tensor '{key}': shape is empty (it must include the batch dimension)")
-    if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
+    if any(type(d) is not int for d in shape) or min(shape) < 0:
         raise RequestError(WRONG_SHAPE, f"tensor '{key}': shape {list(shape)} must hold non-negative integers")
     return tuple(shape)
 
 
-def _proto_values(t, key: str) -> np.ndarray:
-    """The one data field of `t` that its elem_type names, as flat numpy (tensor_content: raw little-endian)."""
-    elem = t.elem_type
+_NATIVE_LE = np.little_endian
+_LE_DTYPES = {elem: dtype.newbyteorder("<") for elem, dtype in ELEM_DTYPES.items()}
+_DATA_FIELD_NAMES = frozenset(DATA_FIELDS)
+
+
+def _proto_tensor(t, index: int) -> FeedTensor:
+    """One request Tensor -> FeedTensor: its one data field (the one its elem_type names, or tensor_content: raw
+    little-endian) as flat numpy. Reads the set fields in one pass (ListFields): per-field requests carry dozens
+    of tensors, and probing every field of each one costs more than the model call."""
+    key = elem = shape = content = lod = None
+    data: list = []
+    for fd, value in t.ListFields():
+        name = fd.name
+        if name == "alias_name":
+            key = value
+        elif name == "name":
+            key = key or value
+        elif name == "elem_type":
+            elem = value
+        elif name == "shape":
+            shape = value
+        elif name == "tensor_content":
+            content = value
+        elif name == "lod":
+            lod = True
+        else:
+            data.append((name, value))
+    if not key:
+        raise RequestError(BAD_REQUEST, f"tensor #{index} has neither alias_name nor name")
+    elem = elem or 0
     if elem not in ELEM_DTYPES:
         raise RequestError(WRONG_DTYPE, f"tensor '{key}': elem_type {elem} is not supported here "
                                         f"(supported: {', '.join(f'{c} {ELEM_NAMES[c]}' for c in ELEM_DTYPES)})")
     field = ELEM_FIELDS[elem]
-    others = [f for f in DATA_FIELDS if f != field and len(getattr(t, f))]
-    if others:
-        raise RequestError(WRONG_DTYPE, f"tensor '{key}': elem_type {elem} ({ELEM_NAMES[elem]}) carries its "
-                                        f"values in {field}, but the request filled {', '.join(others)}")
+    if data and (len(data) > 1 or data[0][0] != field):
+        others = [n for n, _ in data if n != field]
+        if others:
+            raise RequestError(WRONG_DTYPE, f"tensor '{key}': elem_type {elem} ({ELEM_NAMES[elem]}) carries its "
+                                            f"values in {field}, but the request filled {', '.join(others)}")
+    shape = _check_shape(key, list(shape) if shape is not None else [])
     dtype = ELEM_DTYPES[elem]
-    if t.tensor_content:
-        if len(getattr(t, field)):
+    if content is not None:
+        if data:
             raise RequestError(BAD_REQUEST, f"tensor '{key}': both {field} and tensor_content are set")
-        if len(t.tensor_content) % dtype.itemsize:
-            raise RequestError(WRONG_SHAPE, f"tensor '{key}': tensor_content has {len(t.tensor_content)} bytes, "
+        if len(content) % dtype.itemsize:
+            raise RequestError(WRONG_SHAPE, f"tensor '{key}': tensor_content has {len(content)} bytes, "
                                             f"not a multiple of {dtype.itemsize} ({ELEM_NAMES[elem]})")
-        return np.frombuffer(t.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
-    values = getattr(t, field)
-    # fromiter: no intermediate list of Python numbers (a large request would briefly hold one per value)
-    return np.fromiter(values, dtype=dtype, count=len(values))
+        values = np.frombuffer(content, dtype=dtype if _NATIVE_LE else _LE_DTYPES[elem])
+        if not _NATIVE_LE:
+            values = values.astype(dtype)
+    else:
+        values = data[0][1] if data else ()
+        # fromiter: no intermediate list of Python numbers (a large request would briefly hold one per value)
+        values = np.fromiter(values, dtype=dtype, count=len(values))
+    return FeedTensor(key, elem, shape, values, bool(lod))
 
 
 def decode_proto(body: bytes) -> InferenceRequest:
@@ -188,11 +221,7 @@ def decode_proto(body: bytes) -> InferenceRequest:
         req = Request.FromString(body)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise RequestError(BAD_REQUEST, f"body is not a serialised {PACKAGE}.Request ({e})") from None
-    feeds = []
-    for i, t in enumerate(req.tensor):
-        key = _tensor_key(t.name, t.alias_name, i)
-        shape = _check_shape(key, list(t.shape))
-        feeds.append(FeedTensor(key, t.elem_type, shape, _proto_values(t, key), bool(len(t.lod))))
+    feeds = [_proto_tensor(t, i) for i, t in enumerate(req.tensor)]
     return InferenceRequest(feeds, list(req.fetch_var_names), req.log_id, req.profile_server)
 
 
