@@ -272,4 +272,5 @@ def build_model_for_checkpoint(config, checkpoint_dir: str | None, *, schema_fro
     schema = recorded_schema if schema_from_checkpoint and not getattr(config, "dataset", None) else config_schema
     if schema.sparse_feature_number != hp["sparse_feature_number"]:
         schema = schema.with_options(sparse_feature_number=hp["sparse_feature_number"])
+    hp["dense_input_dim"] = schema.n_dense  # follows the schema (a config file's Criteo 13 does not apply)
     return build_model(config.model_name, hp, schema)

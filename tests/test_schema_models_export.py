@@ -114,3 +114,27 @@ def test_hyper_parameters_must_agree_with_the_schema():
                               header=True, sparse_feature_number=IDS, name="one")
     with pytest.raises(ValueError, match="needs at least 2 fields"):
         build_model("dlrm", {"sparse_feature_number": IDS}, one_field)
+
+
+def test_a_checkpoint_rebuilds_its_own_model(tmp_path):
+    """build_model_for_checkpoint: the recorded hyper-parameters and schema, whatever the config file says; an
+    explicit -o that contradicts them, or a dataset block of other fields, is an error naming both."""
+    from ctrkit import checkpoint
+    from ctrkit.config import load_config
+    from ctrkit.zoo import ModelMismatchError, build_model_for_checkpoint
+    from models.registry import default_config_path
+
+    model = build_model("deepfm", {"sparse_feature_number": IDS, "fc_sizes": [12], "sparse_feature_dim": 3}, MULTI)
+    ckpt = checkpoint.save_checkpoint(str(tmp_path), 0, model, info=model.describe())
+    criteo_config = load_config(default_config_path("deepfm"))
+    rebuilt = build_model_for_checkpoint(criteo_config, ckpt, schema_from_checkpoint=True)
+    assert rebuilt.schema == MULTI and rebuilt.hp["fc_sizes"] == [12] and rebuilt.hp["sparse_feature_dim"] == 3
+    checkpoint.load_model_state(rebuilt, ckpt)
+    with pytest.raises(ModelMismatchError, match=r"hyper_parameters.fc_sizes: -o gives \[32\] .* trained with \[12\]"):
+        build_model_for_checkpoint(load_config(default_config_path("deepfm"), ["hyper_parameters.fc_sizes=[32]"]),
+                                   ckpt, schema_from_checkpoint=True)
+    # evaluation parses the config's data: a checkpoint of other fields is refused, naming both schemas
+    with pytest.raises(ModelMismatchError, match="trained on schema 'movielens_like'.*declares 'criteo'"):
+        build_model_for_checkpoint(criteo_config, ckpt)
+    with pytest.raises(ModelMismatchError, match="holds model 'deepfm'.*runner.model='dnn'"):
+        build_model_for_checkpoint(load_config(default_config_path("dnn")), ckpt)
