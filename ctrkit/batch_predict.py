@@ -176,6 +176,12 @@ class ScoredChunk:
     parse_s: float                 # time parsing this chunk (in the parse thread)
     predict_s: float               # time predicting it
 
+    @property
+    def first_line(self) -> int:
+        """File line number of the first prediction: a CSV/TSV header line (a file's first line, so at the start
+        of its first chunk) has no prediction."""
+        return self.chunk.first_line + self.chunk.rows - len(self.probs)
+
 
 def pipelined(items: Iterable, fn: Callable, depth: int = PIPELINE_DEPTH) -> Iterator[tuple[Any, Any, float]]:
     """(item, fn(item), seconds) for every item, in order; `fn` runs in a background thread up to `depth` items

@@ -696,3 +696,70 @@ def test_predictions_equal_paddle_infer(service, exported_deepfm, raw_5000, tmp_
     assert result.returncode == 0, result.stderr
     answer = post(service, open(raw_5000, "rb").read(), user_id="same", full="true").json()
     np.testing.assert_allclose(np.float32(scores(answer)), read_predictions(out), rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def movielens(tmp_path_factory) -> tuple[str, str]:
+    """A DeepFM exported for the MovieLens-shaped schema of datasets/movielens/config.yaml (header CSV, no numeric
+    field, a multi-valued `genres`), and 300 generated rows of it: (model dir, data file)."""
+    import subprocess
+    import sys
+
+    import paddle
+
+    import models  # noqa: F401  (registers the zoo)
+    from ctrkit.config import load_config
+    from ctrkit.export import export_model
+    from ctrkit.zoo import build_model
+    from upload_helpers import REPO_ROOT
+
+    root = tmp_path_factory.mktemp("movielens")
+    config_path = os.path.join(REPO_ROOT, "datasets", "movielens", "config.yaml")
+    subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "gen_data.py"), "-m", config_path, "--rows",
+                    "300", "--seed", "1", "--out", str(root / "data")], check=True, capture_output=True, timeout=300)
+    data = sorted(str(p) for p in (root / "data").iterdir())[0]
+    config = load_config(config_path, ["hyper_parameters.fc_sizes=[16,8]"])
+    schema = config.schema()
+    paddle.seed(7)
+    model = build_model("deepfm", config.hyper_parameters, schema)
+    batch = parse_lines(read_lines(data)[:41], schema).batch
+    return export_model(model, str(root / "model"), golden_dense=batch.dense, golden_sparse=batch.sparse,
+                        golden_source=data, feature_spec=schema), data
+
+
+def test_a_schema_model_scores_its_own_format(movielens, tmp_path):
+    """The parser follows the exported model's schema (model_meta `schema`), never Criteo's 13/26: a header CSV
+    with a multi-valued field, scored in chunks smaller than the file; line numbers count the header line; the
+    same numbers as tools/paddle_infer.py."""
+    import subprocess
+    import sys
+
+    from ctrkit.batch_predict import model_schema
+    from ctrkit.predictions import read_predictions
+    from upload_helpers import REPO_ROOT
+
+    model_dir, data = movielens
+    lines = read_lines(data)
+    exported = load_exported_model(model_dir)
+    batch = parse_lines(lines, model_schema(exported)).batch
+    assert batch.dense.shape == (len(lines) - 1, 0)
+    expected = create_predictor(model_dir, PredictorOptions()).predict(batch.dense, batch.sparse)
+    server = UploadServer(model_dir, str(tmp_path / "server.log"), "--batch_size", "64")
+    try:
+        full = post(server, b"".join(lines), user_id="ml", full="true").json()
+        top = post(server, b"".join(lines), user_id="ml", top_k="3").json()
+        bad = post(server, b"".join(lines[:50]) + b"1,2\n", user_id="ml")
+    finally:
+        server.stop()
+    assert full["count"] == len(lines) - 1
+    np.testing.assert_allclose(scores(full), expected, atol=ATOL)
+    best, best_scores = ranking(expected, 3)
+    assert top["index"] == [n + 1 for n in best]  # file line numbers: the header is line 1
+    np.testing.assert_allclose(scores(top), best_scores, atol=ATOL)
+    assert bad.status_code == 400 and bad.json()["msg"].startswith("line 51: ")
+    out = tmp_path / "preds.txt"
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "paddle_infer.py"), "--model_dir",
+                             model_dir, "--data_dir", data, "--batchsize", "64", "--output", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(read_predictions(out), np.float32(scores(full)), rtol=0, atol=1e-6)

@@ -127,7 +127,7 @@ class Scorer:
             try:
                 for item in scored:
                     start = time.perf_counter()
-                    sink.add(item.chunk.first_line, item.probs)
+                    sink.add(item.first_line, item.probs)
                     timings.store_ms += (time.perf_counter() - start) * 1e3
                     timings.parse_ms += item.parse_s * 1e3
                     timings.inference_ms += item.predict_s * 1e3
