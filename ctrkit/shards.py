@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ctrkit.data.parsing import Batch
+from ctrkit.fsutil import write_json_atomic  # noqa: F401  (prepare.py imports it from here)
 from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS, FeatureSpec
 
 log = logging.getLogger("ctrkit.shards")
@@ -127,15 +128,6 @@ class ShardFileWriter:
             f.close()
             if os.path.exists(self._tmp_path(column)):
                 os.remove(self._tmp_path(column))
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_manifest(directory: str, *, split: str, spec: FeatureSpec, labeled: bool, shards: list[dict],

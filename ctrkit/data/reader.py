@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from ctrkit.rebatch import rebatch
 from ctrkit.data.parsing import Batch, DataFormatError, Layout, _blank_layout, find_layout, parse_block
 from ctrkit.data.spec import FeatureSpec
 
@@ -206,20 +207,8 @@ class BatchStream:
         blocks = self._row_blocks()
         if self.shuffle_buffer:
             blocks = self._shuffled(blocks)
-        pending: list[list[np.ndarray]] = []
-        count = 0
-        for columns in blocks:
-            pending.append(columns)
-            count += len(columns[0])
-            if count >= self.batch_size:
-                merged = [np.concatenate(parts) for parts in zip(*pending)]
-                full = count - count % self.batch_size
-                for start in range(0, full, self.batch_size):
-                    yield _batch([c[start:start + self.batch_size] for c in merged])
-                pending = [[c[full:] for c in merged]] if full < count else []
-                count -= full
-        if count and not self.drop_last:
-            yield _batch([np.concatenate(parts) for parts in zip(*pending)])
+        for columns in rebatch(blocks, self.batch_size, drop_last=self.drop_last):
+            yield _batch(columns)
 
     def _shuffled(self, blocks: Iterator[list[np.ndarray]]) -> Iterator[list[np.ndarray]]:
         buffer = _ShuffleBuffer(self.shuffle_buffer, np.random.default_rng([self.seed, self.shard_index]))

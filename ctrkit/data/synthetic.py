@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ctrkit.data.parsing import Layout, parse_block
+from ctrkit.fsutil import atomic_write
 from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS, FeatureSpec
 from ctrkit.data.writer import column_text, format_slot_lines
 from ctrkit.metrics import auc, logloss
@@ -232,7 +233,7 @@ def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", f
     parts = (os.path.join(out_dir, PART_NAME.format(i)) for i in range(files))
     all_probs, all_labels = [], []
     part, room = None, 0
-    with open(truth_path + ".partial", "w", encoding="ascii") as truth_file:
+    with atomic_write(truth_path, "w", encoding="ascii") as truth_file:
         for lines, probs, labels in generate_chunks(rows, seed, truth, spec, fmt, with_labels):
             truth_file.write("".join(f"{p!r}\n" for p in probs.tolist()))
             all_probs.append(probs)
@@ -244,8 +245,7 @@ def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", f
                 taken = lines[:room]
                 part[0].write("".join(line + "\n" for line in taken))
                 lines, room = lines[len(taken):], room - len(taken)
-    _finish_part(part)
-    os.replace(truth_path + ".partial", truth_path)
+        _finish_part(part)
     probs, labels = np.concatenate(all_probs), np.concatenate(all_labels)
     return {"rows": rows, "positive_rate": float(labels.mean()), "bayes_auc": auc(labels, probs),
             "bayes_logloss": logloss(labels, probs)}

@@ -35,6 +35,7 @@ from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
 from ctrkit.data.synthetic import (CHUNK_ROWS, DEFAULT_TRUTH_SEED, POSITIVE_RATE, _finish_part, _open_part,
                                    _solve_bias)
 from ctrkit.data.writer import column_text
+from ctrkit.fsutil import atomic_write
 from ctrkit.metrics import auc, logloss
 from ctrkit.schema import FeatureSchema
 
@@ -403,7 +404,7 @@ def generate_schema_dataset(out_dir: str, schema: FeatureSchema, rows: int, seed
         header = ("," if fmt == "csv" else "\t").join(names) + "\n"
     all_probs, all_labels = [], []
     part, room = None, 0
-    with open(truth_path + ".partial", "w", encoding="ascii") as truth_file:
+    with atomic_write(truth_path, "w", encoding="ascii") as truth_file:
         for lines, probs, labels in generate_schema_chunks(schema, rows, seed, truth, fmt, with_labels):
             truth_file.write("".join(f"{p!r}\n" for p in probs.tolist()))
             all_probs.append(probs)
@@ -417,8 +418,7 @@ def generate_schema_dataset(out_dir: str, schema: FeatureSchema, rows: int, seed
                 taken = lines[:room]
                 part[0].write("".join(line + "\n" for line in taken))
                 lines, room = lines[len(taken):], room - len(taken)
-    _finish_part(part)
-    os.replace(truth_path + ".partial", truth_path)
+        _finish_part(part)
     probs, labels = np.concatenate(all_probs), np.concatenate(all_labels)
     return {"rows": rows, "positive_rate": float(labels.mean()), "bayes_auc": auc(labels, probs),
             "bayes_logloss": logloss(labels, probs)}

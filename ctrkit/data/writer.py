@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from ctrkit.fsutil import atomic_write
+
 from ctrkit.data.parsing import Batch, SLOT_KEYS
 from ctrkit.data.reader import DEFAULT_BLOCK_BYTES, iter_parsed_blocks, list_data_files
 from ctrkit.data.spec import NUM_DENSE, FeatureSpec
@@ -60,20 +62,13 @@ def convert_to_slot(input_path: str, output_path: str, spec: FeatureSpec, *, ski
     for source, target in zip(files, targets):
         if os.path.abspath(source) == os.path.abspath(target):
             raise ValueError(f"{target}: output would overwrite the input")
-        # hidden while incomplete, so a reader of the output directory never takes it for data
-        partial = os.path.join(os.path.dirname(os.path.abspath(target)),
-                               f".{os.path.basename(target)}.partial-{os.getpid()}")
-        try:
-            with open(partial, "w", encoding="ascii", newline="\n") as out:
-                for parsed in iter_parsed_blocks([source], spec, skip_bad=skip_bad, block_bytes=block_bytes):
-                    text = format_slot_lines(parsed.batch)
-                    out.write("".join(line + "\n" for line in text))
-                    lines += len(text)
-                    skipped += len(parsed.errors)
-                    if parsed.errors and first_skipped is None:
-                        first_skipped = str(parsed.errors[0])
-            os.replace(partial, target)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
+        # hidden while incomplete (ctrkit.fsutil.atomic_write), so a reader of the output never takes it for data
+        with atomic_write(target, "w", encoding="ascii", newline="\n") as out:
+            for parsed in iter_parsed_blocks([source], spec, skip_bad=skip_bad, block_bytes=block_bytes):
+                text = format_slot_lines(parsed.batch)
+                out.write("".join(line + "\n" for line in text))
+                lines += len(text)
+                skipped += len(parsed.errors)
+                if parsed.errors and first_skipped is None:
+                    first_skipped = str(parsed.errors[0])
     return {"files": len(files), "lines": lines, "skipped": skipped, "first_skipped": first_skipped}
