@@ -11,7 +11,7 @@ Prints one JSON line: requests, errors (with the first few messages), qps, p50/p
 
 Targets: `rpc_grpc`, `rpc_http_proto` (Paddle Serving's GeneralModelService over gRPC / HTTP+protobuf, serving.rpc),
 `oip_grpc`, `oip_http` (KServe v2 ModelInfer over gRPC / HTTP with binary tensors, serving.oip), `echo_grpc`,
-`echo_http` (benchmarks/echo_server.py: the bare library, answering the request bytes back).
+`echo_grpc_aio`, `echo_http` (benchmarks/echo_server.py: the bare libraries, answering the request bytes back).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-TARGETS = ("rpc_grpc", "rpc_http_proto", "oip_grpc", "oip_http", "echo_grpc", "echo_http")
+TARGETS = ("rpc_grpc", "rpc_http_proto", "oip_grpc", "oip_http", "echo_grpc", "echo_grpc_aio", "echo_http")
 
 
 def golden_rows(model_dir: str, batch: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -81,12 +81,12 @@ class _Caller:
         if isinstance(body, tuple):
             body, self.header_length = body
         self.body = body
-        if target.endswith("grpc"):
+        if "grpc" in target:
             import grpc
             self.channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
             method = {"rpc_grpc": "/baidu.paddle_serving.predictor.general_model.GeneralModelService/inference",
                       "oip_grpc": "/inference.GRPCInferenceService/ModelInfer",
-                      "echo_grpc": "/echo.Echo/Echo"}[target]
+                      "echo_grpc": "/echo.Echo/Echo", "echo_grpc_aio": "/echo.Echo/Echo"}[target]
             self.stub = self.channel.unary_unary(method)
         else:
             self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -100,7 +100,7 @@ class _Caller:
                 self.path, self.headers = "/echo", {"Content-Type": "application/octet-stream"}
 
     def call(self) -> None:
-        if self.target.endswith("grpc"):
+        if "grpc" in self.target:
             answer = self.stub(self.body, timeout=60)
             if not answer:
                 raise RuntimeError("empty answer")
@@ -112,7 +112,7 @@ class _Caller:
             raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
 
     def close(self) -> None:
-        if self.target.endswith("grpc"):
+        if "grpc" in self.target:
             self.channel.close()
         else:
             self.conn.close()
@@ -163,7 +163,7 @@ def run(target: str, address: str, concurrency: int, duration_s: float, body, mo
                         error_count[0] += 1
                         if len(errors) < 5:
                             errors.append(str(e)[:300])
-                    if not target.endswith("grpc"):  # a broken HTTP connection: open a new one
+                    if "grpc" not in target:  # a broken HTTP connection: open a new one
                         caller.close()
                         caller = _Caller(target, address, body, model_name)
         finally:

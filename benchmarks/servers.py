@@ -15,7 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY = {
     "rpc": re.compile(r"serving\.rpc ready: version \S+ grpc [\d.]+:(?P<grpc>\d+) http [\d.]+:(?P<http>\d+)"),
     "oip": re.compile(r"serving\.oip ready: model \S+ version \S+ http [\d.]+:(?P<http>\d+) grpc [\d.]+:(?P<grpc>\d+)"),
-    "echo": re.compile(r"echo ready: grpc [\d.]+:(?P<grpc>\d+) http [\d.]+:(?P<http>\d+)"),
+    "echo": re.compile(r"echo ready: grpc [\d.]+:(?P<grpc>\d+) http [\d.]+:(?P<http>\d+)"
+                       r"(?: grpc_aio [\d.]+:(?P<grpc_aio>\d+))?"),
 }
 
 
@@ -56,8 +57,11 @@ class Server:
             self.stop()
             raise BenchError(f"{kind} server did not start: {' '.join(self.command)}\n{self.log_tail()}")
         self.grpc_port, self.http_port = int(match["grpc"]), int(match["http"])
+        self.grpc_aio_port = int(match["grpc_aio"]) if kind == "echo" and match["grpc_aio"] else None
 
     def address(self, transport: str) -> str:
+        if transport == "echo_grpc_aio":
+            return f"127.0.0.1:{self.grpc_aio_port}"
         return f"127.0.0.1:{self.grpc_port if transport.endswith('grpc') else self.http_port}"
 
     def processes(self) -> list[psutil.Process]:
