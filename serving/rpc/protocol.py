@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -115,8 +116,7 @@ ModelOutput = message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PAC
 
 
 # ------------------------------------------------------------------------------------- decoded request
-@dataclass
-class FeedTensor:
+class FeedTensor(NamedTuple):
     """One request tensor: `key` is alias_name (or name when no alias), `values` flat numpy, `shape` with batch."""
 
     key: str
@@ -153,6 +153,8 @@ def _tensor_key(name: str, alias: str, index: int) -> str:
 def _check_shape(key: str, shape: list) -> tuple[int, ...]:
     if not shape:
         raise RequestError(WRONG_SHAPE, f"tensor '{key}': shape is empty (it must include the batch dimension)")
+    if (len(shape) == 2 and type(shape[0]) is int and type(shape[1]) is int and shape[0] >= 0 and shape[1] >= 0):
+        return tuple(shape)  # the common case, checked without a generator
     if any(type(d) is not int for d in shape) or min(shape) < 0:
         raise RequestError(WRONG_SHAPE, f"tensor '{key}': shape {list(shape)} must hold non-negative integers")
     return tuple(shape)
@@ -167,40 +169,44 @@ def _proto_tensor(t, index: int) -> FeedTensor:
     """One request Tensor -> FeedTensor: its one data field (the one its elem_type names, or tensor_content: raw
     little-endian) as flat numpy. Reads the set fields in one pass (ListFields): per-field requests carry dozens
     of tensors, and probing every field of each one costs more than the model call."""
-    key = elem = shape = content = lod = None
-    data: list = []
+    key = name = shape = content = None
+    elem = 0
+    lod = False
+    data = None
+    extra = None
     for fd, value in t.ListFields():
-        name = fd.name
-        if name == "alias_name":
+        number = fd.number
+        if number == 14:
             key = value
-        elif name == "name":
-            key = key or value
-        elif name == "elem_type":
+        elif number == 13:
+            name = value
+        elif number == 10:
             elem = value
-        elif name == "shape":
+        elif number == 11:
             shape = value
-        elif name == "tensor_content":
+        elif number == 15:
             content = value
-        elif name == "lod":
+        elif number == 12:
             lod = True
+        elif data is None:
+            data = (fd.name, value)
         else:
-            data.append((name, value))
+            extra = (extra or []) + [fd.name]
+    key = key or name
     if not key:
         raise RequestError(BAD_REQUEST, f"tensor #{index} has neither alias_name nor name")
-    elem = elem or 0
     if elem not in ELEM_DTYPES:
         raise RequestError(WRONG_DTYPE, f"tensor '{key}': elem_type {elem} is not supported here "
                                         f"(supported: {', '.join(f'{c} {ELEM_NAMES[c]}' for c in ELEM_DTYPES)})")
     field = ELEM_FIELDS[elem]
-    if data and (len(data) > 1 or data[0][0] != field):
-        others = [n for n, _ in data if n != field]
-        if others:
-            raise RequestError(WRONG_DTYPE, f"tensor '{key}': elem_type {elem} ({ELEM_NAMES[elem]}) carries its "
-                                            f"values in {field}, but the request filled {', '.join(others)}")
+    if data is not None and (data[0] != field or extra):
+        others = [n for n in [data[0], *(extra or [])] if n != field]
+        raise RequestError(WRONG_DTYPE, f"tensor '{key}': elem_type {elem} ({ELEM_NAMES[elem]}) carries its "
+                                        f"values in {field}, but the request filled {', '.join(others)}")
     shape = _check_shape(key, list(shape) if shape is not None else [])
     dtype = ELEM_DTYPES[elem]
     if content is not None:
-        if data:
+        if data is not None:
             raise RequestError(BAD_REQUEST, f"tensor '{key}': both {field} and tensor_content are set")
         if len(content) % dtype.itemsize:
             raise RequestError(WRONG_SHAPE, f"tensor '{key}': tensor_content has {len(content)} bytes, "
@@ -208,11 +214,12 @@ def _proto_tensor(t, index: int) -> FeedTensor:
         values = np.frombuffer(content, dtype=dtype if _NATIVE_LE else _LE_DTYPES[elem])
         if not _NATIVE_LE:
             values = values.astype(dtype)
-    else:
-        values = data[0][1] if data else ()
+    elif data is not None:
         # fromiter: no intermediate list of Python numbers (a large request would briefly hold one per value)
-        values = np.fromiter(values, dtype=dtype, count=len(values))
-    return FeedTensor(key, elem, shape, values, bool(lod))
+        values = np.fromiter(data[1], dtype=dtype, count=len(data[1]))
+    else:
+        values = np.empty(0, dtype=dtype)
+    return FeedTensor(key, elem, shape, values, lod)
 
 
 def decode_proto(body: bytes) -> InferenceRequest:
