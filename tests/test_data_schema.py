@@ -273,3 +273,35 @@ def test_criteo_schema_takes_the_criteo_path(slot_sample, raw_sample):
         assert_same_batches(parse_lines(lines, criteo_schema()).batch, parse_lines(lines, FeatureSpec()).batch)
         assert_same_batches(next(iter(iter_batches(path, criteo_schema(), 1000))),
                             next(iter(iter_batches(path, FeatureSpec(), 1000))))
+
+
+def test_fixed_order_slot_files_take_the_fixed_path_and_agree(tmp_path):
+    """Slot files whose every line has the same slots in the same order (PaddleRec's writers; missing ids written
+    as 0) are parsed column-wise; bad values in them (same token layout) are flagged for the reference parser."""
+    schema = FeatureSchema.from_dict({"name": "fixed", "format": "slot", "label": {"name": "click"},
+                                      "numeric": [{"name": "d1", "slot": "dense"}, {"name": "d2", "slot": "dense"}],
+                                      "categorical": ["user", "item"],
+                                      "multi_valued": [{"name": "tags", "max_len": 2}]}, key="dataset")
+    rng = random.Random(3)
+    lines = [f"click:{rng.randint(0, 1)} dense:{rng.random():.4f} dense:{rng.randint(0, 99)} user:{rng.randint(1, 9)}"
+             f" item:{rng.randint(0, 500)} tags:{rng.randint(1, 50)} tags:{rng.randint(1, 50)} tags:{rng.randint(1, 5)}"
+             .encode() for _ in range(2000)]
+    layout = find_layout(lines[0] + b"\n", schema, "f", 1)
+    fast, errors, truncated = parse_block(b"".join(line + b"\n" for line in lines), layout, schema, "f", 1, True,
+                                          truncated := Counter()) + (truncated,)
+    slow, rejected, slow_truncated = reference(lines, schema, layout)
+    assert not errors and not rejected and truncated == slow_truncated == Counter({"tags": 2000})
+    assert_same_batches(fast, slow)
+    values = [b"x", b"-1", b"2", b"1e5", b"nan", b"", b"0", b"99999999999999999999", b"1.5", b"+3"]
+    fuzzed = []
+    for line in lines:
+        tokens = line.split(b" ")
+        if rng.random() < 0.3:
+            i = rng.randrange(len(tokens))
+            tokens[i] = tokens[i].split(b":")[0] + b":" + rng.choice(values)
+        fuzzed.append(b" ".join(tokens))
+    fast, errors = parse_block(b"".join(line + b"\n" for line in fuzzed), layout, schema, "f", 1, True,
+                               truncated := Counter())
+    slow, rejected, slow_truncated = reference(fuzzed, schema, layout)
+    assert len(errors) == rejected > 100 and truncated == slow_truncated
+    assert_same_batches(fast, slow)

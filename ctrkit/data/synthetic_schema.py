@@ -329,7 +329,7 @@ def _slot_lines(truth: SchemaTruth, rows: _Rows, label_text, numeric, singles) -
             np.float32(v), unique=True, trim="-")))
     for f, text in zip(schema.categorical, singles):
         ids = np.array([hash_value(f.slot, t, n_total) for t in text.tolist()], dtype=np.int64)
-        columns.append(np.where(ids == 0, "", column_text(ids, f"{f.slot}:", str)))
+        columns.append(column_text(ids, f"{f.slot}:", str))  # missing: id 0, written as PaddleRec's writers do
     for f, t, ranks in zip(schema.multi_valued, truth.multis, rows.multis):
         texts = t.text(np.maximum(ranks, 0)).reshape(ranks.shape)
         tokens = [" ".join(f"{f.slot}:{hash_value(f.slot, x, n_total)}" for x, r in zip(row, rank_row) if r >= 0)
