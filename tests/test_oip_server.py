@@ -272,3 +272,21 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(exported_deepfm, golden, 
     assert len(results) + len(errors) == 4
     assert all(r.shape == (1, 1) for r in results)
     assert len(results) >= 1, errors
+
+
+def test_decoding_memory_is_budgeted(exported_deepfm, golden, tmp_path):
+    """A JSON body costs ~20x its size while decoded: past --max_decode_mb it is refused with a clear 413, while
+    the same rows as binary tensors (tritonclient's default) still pass."""
+    dense, sparse = golden
+    srv = OipServer(exported_deepfm, str(tmp_path / "budget.log"), "--backend", "constant", "--max_decode_mb",
+                    "0.5", "--log_level", "WARNING")
+    try:
+        big = np.tile(dense, (20, 1)), np.tile(sparse, (20, 1))  # 800 rows: ~110 KB of JSON
+        r = requests.post(f"{srv.url}/v2/models/deepfm/infer", data=_raw_json(*big), timeout=30)
+        assert r.status_code == 413 and "--max_decode_mb" in r.json()["error"]
+        got = srv.http_client().infer("deepfm", _inputs(tritonhttp, *big)).as_numpy("prob")
+        assert got.shape == (800, 1)
+        small = requests.post(f"{srv.url}/v2/models/deepfm/infer", data=_raw_json(dense[:2], sparse[:2]), timeout=30)
+        assert small.status_code == 200
+    finally:
+        assert srv.stop() == 0

@@ -29,11 +29,13 @@ from aiohttp.web_request import BaseRequest
 
 from serving.oip import protocol as P
 from serving.oip.protocol import OipError
+from serving.rpc.limits import JSON_EXPANSION, ByteBudget
 
 log = logging.getLogger("serving.oip")
 _MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?/?$")
 JSON = "application/json"
 INLINE_BODY_BYTES = 64 * 1024  # smaller requests are decoded on the event loop; larger ones on a worker thread
+BUDGET_WAIT_S = 5.0            # how long a large request may wait for decoding memory before a 503
 METHOD_NOT_ALLOWED = P.ErrorKind(405, "UNIMPLEMENTED")
 LENGTH_REQUIRED = P.ErrorKind(411, "INVALID_ARGUMENT")
 
@@ -41,10 +43,11 @@ LENGTH_REQUIRED = P.ErrorKind(411, "INVALID_ARGUMENT")
 class HttpApp:
     """The aiohttp handler. `server` (serving.oip.server.OipServer) supplies model, readiness, metrics, limits."""
 
-    def __init__(self, server, threads: int, read_timeout_s: float = 30.0):
+    def __init__(self, server, threads: int, read_timeout_s: float = 30.0, decode_budget_bytes: int = 96 << 20):
         self.server = server
         self.model = server.model
         self.max_body_bytes = server.max_body_bytes  # HttpTransport sizes aiohttp's client_max_size from it
+        self.budget = ByteBudget(decode_budget_bytes)  # shared by the requests being decoded at once
         self.read_timeout_s = read_timeout_s
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="oip-http")
 
@@ -115,18 +118,24 @@ class HttpApp:
         if length is not None and length > self.max_body_bytes:
             raise OipError(P.TOO_LARGE, f"request body of {length} bytes is over the limit of "
                                         f"{self.max_body_bytes} (--max_body_mb)")
-        body = await self._read(request)
-        if encoding != "identity":
-            body = _decompress(body, encoding, self.max_body_bytes)
         header_length = headers.get("Inference-Header-Content-Length")
         if header_length is not None:
             try:
                 header_length = int(header_length)
             except ValueError:
                 raise OipError(P.BAD_REQUEST, "Inference-Header-Content-Length must be an integer") from None
-        # decoding a large body on the event loop would stall every other connection: a worker thread does it
-        answer, json_size = await self.server.infer_http(body, header_length,
-                                                         None if len(body) <= INLINE_BODY_BYTES else self.executor)
+        cost = self._decode_cost(length, header_length, encoding)
+        await self._reserve(cost)
+        try:
+            body = await self._read(request)
+            if encoding != "identity":
+                body = _decompress(body, encoding, self.max_body_bytes)
+            # decoding a large body on the event loop would stall every other connection: a worker thread does it
+            answer, json_size = await self.server.infer_http(
+                body, header_length, None if len(body) <= INLINE_BODY_BYTES else self.executor)
+            del body
+        finally:
+            self.budget.release(cost)
         out = {"Content-Type": "application/octet-stream" if json_size is not None else JSON}
         if json_size is not None:
             out["Inference-Header-Content-Length"] = str(json_size)
@@ -138,6 +147,26 @@ class HttpApp:
             answer = zlib.compress(answer, 1)
             out["Content-Encoding"] = "deflate"
         return 200, out, answer
+
+    def _decode_cost(self, length: int | None, header_length: int | None, encoding: str) -> int:
+        """Memory a request may take while decoded: JSON numbers become Python objects first (~20x the text),
+        binary tensors are viewed in place. Compressed or unsized bodies count at the body limit."""
+        size = self.max_body_bytes if length is None or encoding != "identity" else length
+        if header_length is not None and 0 <= header_length <= size:
+            return max(1, header_length) * JSON_EXPANSION + (size - header_length) * 2
+        return max(1, size) * JSON_EXPANSION
+
+    async def _reserve(self, cost: int) -> None:
+        if cost > self.budget.limit:
+            raise OipError(P.TOO_LARGE, f"a request this large ({cost >> 20} MiB once decoded) does not fit the "
+                                        f"memory this server gives to decoding ({self.budget.limit >> 20} MiB, "
+                                        "--max_decode_mb); send binary tensors (tritonclient's default) or smaller "
+                                        "batches")
+        if not self.budget.try_acquire(cost):
+            loop = asyncio.get_running_loop()
+            if not await loop.run_in_executor(self.executor, self.budget.acquire, cost, BUDGET_WAIT_S):
+                raise OipError(P.UNAVAILABLE, "the server is decoding as many large requests as its memory allows "
+                                              "(--max_decode_mb); retry later")
 
     async def _read(self, request: BaseRequest) -> bytes:
         try:

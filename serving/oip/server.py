@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sizes the gRPC concurrency limit (64 concurrent RPCs per thread, as serving.rpc)")
     p.add_argument("--max_body_mb", type=float, default=8, help="largest request body (also once decompressed) "
                    "and gRPC message")
+    p.add_argument("--max_decode_mb", type=float, default=96, help="memory all HTTP requests being decoded at once "
+                   "may take (JSON costs ~20x its size; binary tensors ~2x); more wait, then get 503")
     p.add_argument("--keep_alive_s", type=int, default=60, help="idle keep-alive connections close after this")
     p.add_argument("--drain_timeout_s", type=float, default=30, help="on SIGTERM, how long in-flight requests may "
                    "take")
@@ -136,8 +138,9 @@ def serve(args, ready_callback=None) -> int:
     loop = asyncio.new_event_loop()
 
     async def bind():
-        http = await HttpTransport.create(HttpApp(server, args.http_threads), args.host, args.http_port,
-                                          reuse_port=reuse, idle_timeout_s=args.keep_alive_s)
+        app = HttpApp(server, args.http_threads, decode_budget_bytes=int(args.max_decode_mb * 2 ** 20))
+        http = await HttpTransport.create(app, args.host, args.http_port, reuse_port=reuse,
+                                          idle_timeout_s=args.keep_alive_s)
         try:
             grpc_front = await GrpcFrontEnd.create(server, args.host, args.grpc_port, server.max_body_bytes,
                                                    args.grpc_threads * 64, reuse)
