@@ -307,3 +307,19 @@ def test_an_unwritable_checkpoint_path_is_one_error_line(data, tmp_path):
     result = tool("trainer.py", *trainer_args(data, blocked / "ckpt"))
     assert_one_error_line(result, "cannot write checkpoint", str(blocked / "ckpt" / "0"))
     assert blocked.read_text() == "not a directory"
+
+
+def test_infer_refuses_to_score_a_diverged_checkpoint(data, tmp_path):
+    import numpy as np
+    import paddle
+
+    save = tmp_path / "ckpt"
+    assert tool("trainer.py", *trainer_args(data, save)).returncode == 0
+    params = save / "0" / "rec.pdparams"
+    state = paddle.load(str(params))
+    name = next(k for k, v in state.items() if len(v.shape) == 2 and v.shape[0] < 100)  # an MLP weight
+    state[name] = paddle.to_tensor(np.full(state[name].shape, np.nan, np.float32))
+    paddle.save(state, str(params))
+    result = tool("infer.py", *trainer_args(data, save, f"runner.infer_output={tmp_path / 'preds.txt'}"))
+    assert_one_error_line(result, "predicts NaN or infinity", "a diverged model")
+    assert not (tmp_path / "preds.txt").exists()

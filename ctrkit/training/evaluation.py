@@ -104,10 +104,13 @@ def _evaluate_epochs(config, context, source, load_path, model, writer, on_epoch
         probs = _gather_in_order(prob_parts, context)
         labels = _gather_in_order(label_parts, context) if all(labeled) else None
         seconds = time.perf_counter() - start
-        if probs.size == 0:
-            from ctrkit.training.loop import TrainingError
+        from ctrkit.training.loop import TrainingError
 
+        if probs.size == 0:
             raise TrainingError(f"runner.test_data_dir={config.runner['test_data_dir']}: no test rows (empty files)")
+        if not np.isfinite(probs).all():
+            raise TrainingError(f"the checkpoint of epoch {epoch} in {load_path} predicts NaN or infinity for "
+                                f"{int((~np.isfinite(probs)).sum())} of {probs.size} rows (a diverged model)")
         result = {"epoch": epoch,
                   "auc": auc(labels, probs) if labels is not None else None,
                   "logloss": logloss(labels, probs) if labels is not None else None,
