@@ -111,6 +111,14 @@ def test_wheel_contents_metadata_and_entry_points(wheel):
         metadata = zf.read(f"{dist_info}/METADATA").decode()
         sources = {n: zf.read(n).decode() for n in names if n.endswith(".py")}
     assert "ctrkit_models/rank/deepfm/config.yaml" in names
+    # every data file of the shipped folders ships (configs, the upload page, ...)
+    renames = {"ctrkit": "ctrkit", "models": "ctrkit_models", "serving": "ctrkit_serving", "tools": "ctrkit_tools"}
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60).stdout.splitlines()
+    data_files = [p for p in listed if p.split("/")[0] in renames and not p.endswith((".py", ".pyc"))
+                  and "__pycache__" not in p and os.path.isfile(os.path.join(REPO, p))]
+    missing = [p for p in data_files if renames[p.split("/")[0]] + p[len(p.split("/")[0]):] not in names]
+    assert not missing, f"not in the wheel: {missing}"
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
     scripts = project["scripts"]
