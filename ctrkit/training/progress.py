@@ -85,8 +85,12 @@ class Progress:
         if self.total and self.samples:
             left = max(self.total - self.samples, 0) * seconds / self.samples
             eta = f", {100 * min(self.samples / self.total, 1):.0f}% of {self.total} samples, eta {_duration(left)}"
+        if not self.bar.disable:
+            self.bar.clear()  # the log line on a line of its own, then the bar again below it
         log.info("epoch %d step %d: loss %.5f, auc(last %d steps) %.5f, %.0f samples/s%s", self.epoch, self.steps,
                  avg_loss, self.print_interval, window_auc, rate, eta)
+        if not self.bar.disable:
+            self.bar.refresh()
         if self.writer is not None:
             self.writer.add_scalar(tag="train/loss", step=self.global_step, value=avg_loss)
             self.writer.add_scalar(tag="train/auc", step=self.global_step, value=window_auc)
