@@ -41,15 +41,21 @@ def add_override_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def join_overrides(items: list[str]) -> list[str]:
-    """Overrides as given after -o, with words that hold no '=' joined to the one before: an unquoted list with
-    spaces (`-o hyper_parameters.fc_sizes=[512, 256]`) arrives from the shell as two words."""
+    """Overrides as given after -o, with the words of an unquoted YAML list or mapping joined back: `-o
+    hyper_parameters.fc_sizes=[512, 256]` or `-o dataset.label={name: rating, threshold: 4}` arrive from the
+    shell as several words."""
     out: list[str] = []
     for item in items:
-        if "=" not in item and out and out[-1].count("[") > out[-1].count("]"):
+        if out and _unclosed(out[-1]):
             out[-1] += " " + item
         else:
             out.append(item)
     return out
+
+
+def _unclosed(text: str) -> bool:
+    """True while `text` opens more brackets/braces than it closes (a YAML list or mapping cut by the shell)."""
+    return text.count("[") + text.count("{") > text.count("]") + text.count("}")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

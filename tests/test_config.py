@@ -178,3 +178,28 @@ def test_paddlerecs_own_deepfm_config_loads_as_is(tmp_path):
     assert config.runner["train_data_dir"] == str(folder / "data" / "sample_data" / "train")
     assert config.hyper_parameters["fc_sizes"] == [512, 256, 128, 32]
     assert "runner.use_xpu" in config.ignored_keys and "hyper_parameters.optimizer.strategy" in config.ignored_keys
+
+
+@pytest.mark.parametrize("words, joined", [
+    (["runner.epochs=2", "runner.train_batch_size=64"], ["runner.epochs=2", "runner.train_batch_size=64"]),
+    (["hyper_parameters.fc_sizes=[512,", "256]", "runner.epochs=2"],
+     ["hyper_parameters.fc_sizes=[512, 256]", "runner.epochs=2"]),
+    (["dataset.label={name:", "rating,", "threshold:", "4}"], ["dataset.label={name: rating, threshold: 4}"]),
+    (["runner.epochs", "runner.seed=1"], ["runner.epochs", "runner.seed=1"]),  # still an error: no '='
+])
+def test_override_words_split_by_the_shell_are_joined_back(words, joined):
+    from ctrkit.cli import join_overrides
+
+    assert join_overrides(words) == joined
+
+
+def test_o_takes_paddlerecs_form_and_repeated_flags():
+    import argparse
+
+    from ctrkit.cli import add_config_arguments
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(["-m", "c.yaml", "-o", "runner.epochs=2", "runner.seed=3", "-o", "runner.use_gpu=false"])
+    assert args.opt == ["runner.epochs=2", "runner.seed=3", "runner.use_gpu=false"]
+    assert parser.parse_args(["-m", "c.yaml"]).opt == []
