@@ -46,3 +46,23 @@ def test_unlabeled_data_gives_two_tensors(tmp_path, slot_sample):
     path.write_text("".join(lines))
     [batch] = [b for b in paddle.io.DataLoader(BatchDataset(str(path), SPEC, 100), batch_size=None)]
     assert len(batch) == 2 and batch[0].shape == [80, 13]
+
+
+def test_schema_without_numeric_fields_through_workers(tmp_path):
+    """A schema with no numeric fields has dense [B, 0], which the DataLoader's queue cannot carry: BatchDataset
+    sends a [B, 1] placeholder and restore_dense gives [B, 0] back, with the same ids and labels."""
+    from ctrkit.data.paddle_dataset import restore_dense
+    from ctrkit.data.synthetic_schema import generate_schema_dataset
+    from ctrkit.schema import FeatureSchema
+
+    schema = FeatureSchema.from_dict({"name": "ids_only", "format": "csv", "header": True, "label": "click",
+                                      "categorical": ["a", "b"],
+                                      "multi_valued": [{"name": "tags", "max_len": 3}]}, key="dataset")
+    generate_schema_dataset(str(tmp_path / "d"), schema, 500, 1)
+    expected = list(iter_batches(str(tmp_path / "d"), schema, 64))
+    loader = paddle.io.DataLoader(BatchDataset(str(tmp_path / "d"), schema, 64), batch_size=None, num_workers=1)
+    got = list(restore_dense(iter(loader), schema.n_dense))
+    assert len(got) == len(expected)
+    for (dense, sparse, label), batch in zip(got, expected):
+        assert dense.shape == [len(batch.sparse), 0] and sparse.shape == [len(batch.sparse), 5]
+        assert np.array_equal(sparse.numpy(), batch.sparse) and np.array_equal(label.numpy(), batch.label)
