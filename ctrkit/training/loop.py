@@ -164,6 +164,7 @@ def train(config: Config, on_step: Callable[[dict], None] | None = None) -> dict
                 stats = train_one_epoch(model, optimizer, train_batches(config, source, epoch, context), progress,
                                         context, network, on_step)
             except TrainingError as exc:
+                progress.bar.close()
                 raise TrainingError(f"{exc}. Stopped without saving epoch {epoch}; "
                                     + (f"the last good checkpoint is {last_dir}" if last_dir else
                                        _earlier_checkpoint(config, first_epoch))) from None
