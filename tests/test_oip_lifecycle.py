@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import psutil
-import pytest
 
 from test_oip_server import OipServer, _inputs, tritongrpc, tritonhttp
 
