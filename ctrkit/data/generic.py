@@ -740,14 +740,16 @@ def parse_block(block: bytes, layout: Layout, schema: FeatureSchema, source: str
         delim = _DELIMITERS[plan.fmt].encode()
         skeleton = delim * (len(plan.columns) - 1)
         fast = None
-        if b'"' not in block and block.translate(None, _delete(delim)) == (skeleton + b"\n") * rows:
+        quote = b'"' if plan.fmt == "csv" else b"\n"  # CSV lines with quotes take the per-line path (TSV: none)
+        if quote not in block[:-1] and block.translate(None, _delete(delim)) == (skeleton + b"\n") * rows:
             good = np.arange(rows)
             fast = _delimited_fast(block, rows, plan, schema) if rows else None
             lines = None
         else:
             lines = block.split(b"\n")[:-1]
             good = np.array([i for i, line in enumerate(lines)
-                             if b'"' not in line and line.translate(None, _delete(delim)) == skeleton], dtype=np.int64)
+                             if quote not in line and line.translate(None, _delete(delim)) == skeleton],
+                            dtype=np.int64)
             if good.size:
                 fast = _delimited_fast(b"\n".join([lines[i] for i in good]) + b"\n", good.size, plan, schema)
         out = _empty(rows, schema, layout.labeled)
