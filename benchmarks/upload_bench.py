@@ -12,7 +12,9 @@ client on the same machine (keep-alive session, like a real client):
               when the model accepts raw lines), full=false and full=true, best and median of --repeat
               uploads: lines/s over the whole round trip (upload, parse, predict, answer)
   in-process  the same 100k-line file through `tools/paddle_infer.py --num_workers 0` (one process, the same
-              backend, batch 2048; its own rows/s record) -> upload lines/s / paddle_infer rows/s (target >= 0.90);
+              backend, batch 2048; its own rows/s record, which includes loading the model) and through the same
+              path in this process after the model is loaded and warmed up (steady state) -> upload lines/s
+              (full=true: every prediction returned) over each (target >= 0.90 against both);
               and the 80-line sample parsed + predicted in this process through the same lines -> predictions path
               (ctrkit.batch_predict on a ctrkit.runtime, same backend) -> round trip minus in-process (target <= 2 ms)
 Without --model, a DeepFM with the default hyper-parameters (the tutorial's model, MLP 400-400-400) is exported
@@ -141,6 +143,38 @@ def in_process_sample(model_dir: str, backend: str, content: bytes, count: int) 
             "predict_only_p50_ms": round(statistics.median(predict_only), 3)}
 
 
+def in_process_rows_per_s(model_dir: str, backend: str, content: bytes, work_dir: str, repeat: int) -> dict:
+    """What paddle_infer.py does per file (ctrkit.batch_predict: chunks of 2048 lines, parsing pipelined with
+    prediction, every prediction written), in this process, timed after the model is loaded and warmed up: the
+    steady-state rows/s, best of `repeat`."""
+    from ctrkit.batch_predict import (FormatLock, batch_predictor, iter_file_chunks, model_schema, open_runtime,
+                                      score_chunks, warm_up)
+    from ctrkit.predictions import PredictionWriter
+    from ctrkit.runtime import RuntimeOptions
+
+    data = os.path.join(work_dir, "upload_bench_lines.txt")
+    with open(data, "wb") as f:
+        f.write(content)
+    runtime = open_runtime(model_dir, RuntimeOptions(backend=backend))
+    try:
+        model = runtime.current.exported
+        schema = model_schema(model)
+        predict = batch_predictor(runtime)
+        warm_up(predict, model, 2048)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            rows = 0
+            with PredictionWriter(os.path.join(work_dir, "upload_bench_in_process.txt")) as writer:
+                for scored in score_chunks(map(FormatLock(schema), iter_file_chunks([data], 2048)), schema, predict):
+                    writer.write(scored.probs)
+                    rows += len(scored.probs)
+            times.append(time.perf_counter() - start)
+    finally:
+        runtime.close()
+    return {"rows": rows, "best_s": round(min(times), 3), "rows_per_s": round(rows / min(times))}
+
+
 def paddle_infer_rows_per_s(model_dir: str, backend: str, content: bytes, work_dir: str) -> dict:
     """tools/paddle_infer.py on the same lines, one process (--num_workers 0), the same backend, batch 2048."""
     data = os.path.join(work_dir, "upload_bench_lines.txt")
@@ -210,17 +244,19 @@ def main() -> None:
     sample = open(slot_sample, "rb").read()
     in_process = in_process_sample(model_dir, args.backend, sample, args.requests)
     reference = paddle_infer_rows_per_s(model_dir, args.backend, slot, args.work_dir)
+    steady = in_process_rows_per_s(model_dir, args.backend, slot, args.work_dir, args.repeat)
     upload_rate = throughput["slot full"]["best_lines_per_s"]
     targets = {"upload_vs_paddle_infer": round(upload_rate / reference["samples_per_s"], 3)
                if reference.get("samples_per_s") else None,
+               "upload_vs_in_process": round(upload_rate / steady["rows_per_s"], 3),
                "sample_round_trip_minus_in_process_ms": round(latency["p50_ms"] - in_process["parse_predict_p50_ms"],
                                                               3)}
-    targets["meets_upload_target"] = bool(targets["upload_vs_paddle_infer"] and
-                                          targets["upload_vs_paddle_infer"] >= 0.9)
+    targets["meets_upload_target"] = bool(targets["upload_vs_in_process"] >= 0.9 and
+                                          (targets["upload_vs_paddle_infer"] or 0) >= 0.9)
     targets["meets_sample_target"] = bool(targets["sample_round_trip_minus_in_process_ms"] <= 2.0)
     result = {"benchmark": "upload", "model_dir": model_dir, "backend": args.backend, "server_args": server_args,
               "latency": latency, "throughput": throughput, "in_process_sample": in_process,
-              "paddle_infer": reference, "targets": targets, "cpus": os.cpu_count(), "machine": platform.machine(),
+              "paddle_infer": reference, "in_process_file": steady, "targets": targets, "cpus": os.cpu_count(), "machine": platform.machine(),
               "python": platform.python_version(), "load_before": [round(x, 2) for x in load_before],
               "load_after": [round(x, 2) for x in os.getloadavg()]}
     print(f"| case | lines | result |\n|---|---|---|\n"
@@ -238,7 +274,10 @@ def main() -> None:
               f"| {reference['samples_per_s']:,.0f} rows/s |")
     else:
         print(f"| paddle_infer.py | | failed: {reference['error']} |")
-    print(f"\nupload / paddle_infer rows/s: {targets['upload_vs_paddle_infer']} (target >= 0.90); 80-line round trip "
+    print(f"| the same lines in-process after load + warm-up (paddle_infer.py's path, steady state) | {steady['rows']} "
+          f"| {steady['rows_per_s']:,} rows/s |")
+    print(f"\nupload (slot full) / paddle_infer.py rows/s: {targets['upload_vs_paddle_infer']}, / steady in-process: "
+          f"{targets['upload_vs_in_process']} (target >= 0.90); 80-line round trip "
           f"- in-process: {targets['sample_round_trip_minus_in_process_ms']} ms (target <= 2 ms); load "
           f"{result['load_before'][0]} -> {result['load_after'][0]}")
     print(json.dumps(result))
