@@ -55,7 +55,7 @@ def verify(out_dir: str) -> dict:
     return {split: open_shards(os.path.join(out_dir, split)).rows for split in journal["options"]["splits"]}
 
 
-def feature_spec(args: argparse.Namespace) -> FeatureSpec:
+def feature_spec(args: argparse.Namespace):  # -> FeatureSpec | FeatureSchema
     flags = {k: v for k, v in (("sparse_feature_number", args.sparse_feature_number),
                                 ("data_format", args.data_format)) if v is not None}
     if not args.config:
@@ -65,7 +65,7 @@ def feature_spec(args: argparse.Namespace) -> FeatureSpec:
     if flags:
         raise UserError(f"with -m the preprocessing comes from the config; drop --{', --'.join(flags)} "
                         f"(or set them with -o)")
-    return load_config(args.config, join_overrides(args.opt)).feature_spec()
+    return load_config(args.config, join_overrides(args.opt)).schema()  # prepare() refuses non-Criteo ones
 
 
 def check_paths(inputs: list[str], out_dir: str) -> None:
