@@ -81,7 +81,7 @@ def test_deep_and_huge_json_are_clear_errors(server, rows, local):
 
 
 # ----------------------------------------------------------------------------------- per-field feeds
-def test_per_field_feeds_equal_packed(server, exported_deepfm, rows, local):
+def test_per_field_feeds_equal_packed(server, exported_deepfm, rows, local, slot_sample):
     dense, sparse = rows[0][:5], rows[1][:5]
     expected = local.predict(dense, sparse)
     r = post(server, per_field_json(dense, sparse))
@@ -94,7 +94,13 @@ def test_per_field_feeds_equal_packed(server, exported_deepfm, rows, local):
         c = ServingClient(layout, f"127.0.0.1:{port}", mode)
         np.testing.assert_allclose(c.predict(dense, sparse), expected, atol=1e-6)
         c.close()
-    # packed feeds (today's clients) keep working on the same server
+    # packed feeds (today's clients) keep working on the same server; rec_client.py --packed sends them
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "rec_client.py"), "--client_config",
+                           os.path.join(exported_deepfm, "serving_client"), "--connect", f"127.0.0.1:{server.grpc_port}",
+                           "--data_dir", slot_sample,
+                           "--batchsize", "8", "--packed", "--verify", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[-1])["mismatches"] == 0, proc.stderr[-2000:]
     r = post(server, proto_request(dense, sparse).SerializeToString(), **{"Content-Type": "application/proto"})
     np.testing.assert_allclose(P.Response.FromString(r.content).outputs[0].tensor[0].float_data, expected, atol=1e-6)
 
