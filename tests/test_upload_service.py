@@ -432,7 +432,8 @@ def test_a_dying_worker_is_restarted(exported_deepfm, slot_sample, tmp_path):
     try:
         victim, survivor = worker_processes(server)
         victim.kill()
-        wait_for(lambda: victim.pid not in {w.pid for w in worker_processes(server)})  # (what it held is lost)
+        # reaped: its last thread is gone, and with it its listening socket (connections it held are lost)
+        wait_for(lambda: f"worker pid {victim.pid} exited" in server.log())
         content = open(slot_sample, "rb").read()
         assert post(server, content, user_id="alive").status_code == 200  # the survivor (or the new one) answers
         deadline = time.monotonic() + 120

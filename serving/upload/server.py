@@ -178,8 +178,10 @@ class Drain:
     def __call__(self, signum, frame) -> None:  # runs on the main thread, inside waitress's loop
         if self.finished:
             raise KeyboardInterrupt  # waitress's loop ends on it
-        if self.draining.is_set():
-            return
+        if self.draining.is_set():  # a second Ctrl-C / SIGTERM: stop now
+            log.warning("pid %d: %s again: stopping without waiting for requests in flight", os.getpid(),
+                        signal.Signals(signum).name)
+            raise KeyboardInterrupt
         self.draining.set()  # /ready answers 503; answers carry "Connection: close"
         log.info("pid %d: %s: draining (requests in flight get up to %g s)", os.getpid(),
                  signal.Signals(signum).name, self.timeout_s)
