@@ -249,7 +249,7 @@ def test_bad_requests_get_clear_errors_while_good_ones_flow(server, reference, g
 def test_sigterm_drains_in_flight_requests_and_exits_0(exported_deepfm, golden, tmp_path):
     dense, sparse = golden
     srv = OipServer(exported_deepfm, str(tmp_path / "drain.log"), "--backend", "onnxruntime", "--batch_window_ms",
-                    "3000", "--log_level", "INFO")
+                    "8000", "--log_level", "INFO")
     results, errors = [], []
 
     def one(i: int) -> None:
@@ -263,15 +263,19 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(exported_deepfm, golden, 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.0)  # the requests now wait in the 3 s batching window
+
+    def queued() -> float:
+        text = requests.get(f"{srv.url}/metrics", timeout=10).text
+        return float(re.search(r"^ctrkit_runtime_queue_depth (\S+)$", text, re.M).group(1))
+    deadline = time.monotonic() + 60
+    while queued() < 4 and time.monotonic() < deadline:  # all four wait in the 8 s batching window
+        time.sleep(0.05)
     srv.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(60)
     assert srv.stop() == 0, srv.log()
-    # requests that reached the server before SIGTERM finished; none saw a broken answer
-    assert len(results) + len(errors) == 4
-    assert all(r.shape == (1, 1) for r in results)
-    assert len(results) >= 1, errors
+    # every request that reached the server before SIGTERM finished with its answer
+    assert not errors and len(results) == 4 and all(r.shape == (1, 1) for r in results), errors
 
 
 def test_decoding_memory_is_budgeted(exported_deepfm, golden, tmp_path):

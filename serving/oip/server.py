@@ -91,6 +91,7 @@ class OipServer:
         return {"name": SERVER_NAME, "version": v, "extensions": list(P.EXTENSIONS)}
 
     def metrics_text(self) -> tuple[bytes, str]:
+        self.runtime.queued()  # refreshes the queue-depth gauge
         return self.runtime.metrics.render(), self.runtime.metrics.content_type
 
     def count(self, transport: str, code: int) -> None:
