@@ -476,8 +476,11 @@ def test_sigterm_drains_an_upload_in_flight(exported_deepfm, raw_5000, predict_l
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.txt\"\r\n"
             "Content-Type: text/plain\r\n\r\n").encode()
 
+    sent = threading.Event()
+
     def body():
         yield head + b"".join(lines[:half])
+        sent.set()  # (runs when the client asks for the next part: the first one is sent)
         resume.wait(60)
         yield b"".join(lines[half:]) + f"\r\n--{boundary}--\r\n".encode()
 
@@ -489,7 +492,7 @@ def test_sigterm_drains_an_upload_in_flight(exported_deepfm, raw_5000, predict_l
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})))
     uploader.start()
     try:
-        wait_for(lambda: server.proc.poll() is None and len(psutil.Process(server.proc.pid).net_connections()) >= 3)
+        assert sent.wait(60)
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: "draining" in server.log())
         ready = session.get(server.url + "/ready", timeout=30)

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 1.0  # how often connections are checked for header and idle timeouts
 RECV_BYTES = 256 * 1024       # bytes read from a connection per turn of waitress's loop
+DRAIN_GRACE_S = 0.5           # on SIGTERM, before deciding which connections have a request in flight
 
 
 class JsonErrorTask(ErrorTask):
@@ -193,6 +194,7 @@ class Drain:
 
     def _finish(self) -> None:
         deadline = time.monotonic() + self.timeout_s
+        time.sleep(min(DRAIN_GRACE_S, self.timeout_s))  # let the loop read what already arrived on open connections
         while time.monotonic() < deadline and self._busy():
             time.sleep(0.05)
         self.runtime.drain()
