@@ -194,9 +194,11 @@ def main(argv: list[str] | None = None) -> int:
                                                        "\"--profile criteo\" (Criteo's cardinalities)")
     parser.add_argument("--work_dir", default=os.path.join(REPO, "output", "compare_models"))
     parser.add_argument("--keep_checkpoints", action="store_true", help="keep every model's checkpoints")
-    parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override applied to every model")
+    from ctrkit.cli import add_override_argument, join_overrides
+
+    add_override_argument(parser)  # -o k=v k=v (PaddleRec) or repeated -o: applied to every model
     args = parser.parse_args(argv)
+    args.opt = join_overrides(args.opt or [])
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(available_models()))
     if unknown or not models or args.rows < 1 or args.test_rows < 1 or args.epochs < 1:
