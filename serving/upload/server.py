@@ -156,7 +156,8 @@ def create_server(settings: UploadSettings, app, sock: socket.socket, draining: 
     server = waitress.create_server(
         app, map={}, sockets=[sock], threads=settings.threads, ident="ctrkit-upload",
         # waitress rejects a body at or over this size from its Content-Length, before reading it.
-        max_request_body_size=settings.max_upload_bytes + 1, connection_limit=settings.max_connections,
+        max_request_body_size=settings.max_upload_bytes + 1,
+        connection_limit=settings.max_connections + 2,  # waitress counts its listening socket and trigger too
         channel_timeout=settings.idle_timeout_s, cleanup_interval=MAINTENANCE_INTERVAL_S,
         recv_bytes=RECV_BYTES)  # large uploads arrive in far fewer loop turns than with waitress's 8 KiB
     if not isinstance(server, BaseWSGIServer):  # one socket: waitress returns its server directly
