@@ -80,12 +80,12 @@ class ModelContract:
         (C-contiguous, the model's dtypes). Raises RuntimeInputError."""
         if not isinstance(arrays, dict):
             raise RuntimeInputError(UNKNOWN, f"inputs must be a dict of arrays named {list(self.names)}")
-        unknown = [k for k in arrays if k not in self.names]
-        if unknown:
+        if len(arrays) == len(self.inputs) and all(spec.name in arrays for spec in self.inputs):
+            pass  # the common case: exactly the model's inputs
+        elif unknown := [k for k in arrays if k not in self.names]:
             raise RuntimeInputError(UNKNOWN, f"unknown input '{unknown[0]}'; this model takes {list(self.names)}",
                                     unknown[0])
-        missing = [n for n in self.names if n not in arrays]
-        if missing:
+        elif missing := [n for n in self.names if n not in arrays]:
             raise RuntimeInputError(MISSING, f"missing input(s) {missing}; this model takes {list(self.names)}",
                                     missing[0])
         out = []
@@ -111,7 +111,9 @@ class ModelContract:
 
     @staticmethod
     def _array(spec: InputSpec, value) -> np.ndarray:
-        a = np.asarray(value)
+        a = value if type(value) is np.ndarray else np.asarray(value)
+        if a.dtype is spec.dtype and a.ndim == 2 and a.shape[1] == spec.width and a.flags.c_contiguous:
+            return a  # the common case: already the model's dtype and layout
         if spec.kind == "sparse" and a.dtype.kind not in "iu":
             raise RuntimeInputError(DTYPE, f"'{spec.name}' must hold integer ids, got dtype {a.dtype}", spec.name)
         if spec.kind == "dense" and a.dtype.kind not in "iuf":
@@ -129,7 +131,9 @@ class ModelContract:
                 row, col = np.argwhere(~np.isfinite(a))[0]
                 raise RuntimeInputError(NOT_FINITE, f"'{spec.name}' [{row}, {col}] is {a[row, col]}; values must "
                                         "be finite", spec.name, (int(row), int(col)), a[row, col])
-        elif a.size and (a.min() < 0 or a.max() >= self.id_limit):
+        elif a.size and (a.view(np.uint64) >= self.id_limit).any() if a.dtype == np.int64 else \
+                a.size and (a.min() < 0 or a.max() >= self.id_limit):
+            # (int64 viewed as uint64: a negative id becomes huge, so one comparison finds both kinds)
             row, col = np.argwhere((a < 0) | (a >= self.id_limit))[0]
             raise RuntimeInputError(OUT_OF_RANGE, f"'{spec.name}' [{row}, {col}] = {a[row, col]} is outside the "
                                     f"embedding table [0, {self.id_limit})", spec.name, (int(row), int(col)),

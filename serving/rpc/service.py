@@ -66,6 +66,11 @@ class InferenceService:
         self.max_batch = runtime.options.batching.max_request_batch
         self._inflight = 0
         self._idle = threading.Condition()
+        # one process: the gauge reads the count when scraped (no metric update per request); several worker
+        # processes (multi-process mode) need each one's value written
+        self._count_inflight = runtime.metrics.multiprocess
+        if not self._count_inflight:
+            metrics.inflight.set_function(lambda: self._inflight)
 
     @property
     def draining(self) -> bool:
@@ -167,10 +172,12 @@ class InferenceService:
     def _enter(self) -> None:
         with self._idle:
             self._inflight += 1
-        self.metrics.inflight.inc()
+        if self._count_inflight:
+            self.metrics.inflight.inc()
 
     def _leave(self) -> None:
-        self.metrics.inflight.dec()
+        if self._count_inflight:
+            self.metrics.inflight.dec()
         with self._idle:
             self._inflight -= 1
             if self._inflight == 0:
