@@ -365,15 +365,9 @@ def _paddle_config(model: ExportedModel, options: PredictorOptions):
             config.delete_pass("inplace_pass")  # oneDNN in-place ops corrupt tensors other ops still read
         else:
             config.disable_onednn()
-            if options.ir_optim:  # matmul + bias add (+ relu) -> one `fc` kernel: 7 fewer ops per DeepFM call
-                config.enable_custom_passes(list(CPU_EXTRA_PASSES), False)
     if options.memory_optim:
         config.enable_memory_optim()
     return config
-
-
-# PIR passes Paddle's default CPU pipeline lacks without oneDNN (benchmarks/engine_gap.py, docs/benchmark.md)
-CPU_EXTRA_PASSES = ("matmul_add_act_fuse_pass",)
 
 
 def _enable_tensorrt(config, model: ExportedModel, options: PredictorOptions) -> None:
