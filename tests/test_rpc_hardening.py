@@ -235,3 +235,49 @@ def test_other_backends(exported_deepfm, rows, local, tmp_path, backend):
         assert r.json()["err_no"] == P.OUT_OF_RANGE.err_no  # validation is the runtime's, for every backend
     finally:
         assert srv.stop() == 0, srv.log()
+
+
+def test_bad_requests_while_good_ones_flow(server, exported_deepfm, rows, local):
+    """Good clients on every transport keep getting right answers while bad requests arrive between them."""
+    dense, sparse = rows[0][:4], rows[1][:4]
+    expected = local.predict(dense, sparse)
+    layout = read_feed_layout(os.path.join(exported_deepfm, "serving_client"))
+    stop = threading.Event()
+    good: list[int] = []
+    failures: list[str] = []
+
+    def load(i: int) -> None:
+        mode = ("rpc", "http_proto", "http")[i % 3]
+        c = ServingClient(layout, f"127.0.0.1:{server.grpc_port if mode == 'rpc' else server.http_port}", mode)
+        while not stop.is_set():
+            try:
+                got = c.predict(dense, sparse)
+                if not np.allclose(got, expected, atol=1e-6):
+                    failures.append(f"{mode}: wrong answer {got}")
+                good.append(1)
+            except Exception as e:  # noqa: BLE001 - any failure of a good request fails the test
+                failures.append(f"{mode}: {e}")
+        c.close()
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    bad = sparse.copy()
+    bad[0, 0] = -5
+    nan = dense.copy()
+    nan[1, 1] = np.nan
+    bodies = [(b"[" * 50_000, "application/json"), (b"\x0a\xff\xff garbage", "application/proto"),
+              (json.dumps(json_request(dense, bad)).encode(), "application/json"),
+              (proto_request(nan, sparse).SerializeToString(), "application/proto"),
+              (json.dumps(per_field_json(dense, sparse)).encode()[:-40], "application/json")]
+    try:
+        for _ in range(5):
+            for body, content_type in bodies:
+                r = post(server, body, **{"Content-Type": content_type})
+                assert 400 <= r.status_code < 500, r.status_code
+            grpc_call(server.channel(), b"\x0a\xff\xff garbage")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == [] and len(good) >= 3
