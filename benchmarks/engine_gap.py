@@ -6,12 +6,10 @@
 Variants (each measured in its own fresh process, since engines built in one process share global state; rounds
 repeat every variant in turn so that a busy machine slows all alike; every one is checked against the export's
 golden batch):
-  paddle             the predictor factory's configuration (ctrkit.inference: oneDNN off, IR passes on plus
-                     `matmul_add_act_fuse_pass`, eager deletion of intermediates off)
-  paddle stock       what the factory built before (Paddle's defaults: no extra pass, eager deletion on)
-  paddle stock+fc    stock plus PIR's `matmul_add_act_fuse_pass` (matmul + bias add + relu -> one `fc` op)
-  paddle stock+keep  stock with FLAGS_eager_delete_tensor_gb=-1 (the executor keeps intermediate tensors instead of
-                     freeing them after every call on a helper thread)
+  paddle             the predictor factory's configuration (ctrkit.inference: oneDNN off, IR passes on,
+                     intermediates kept between runs: PredictorOptions.keep_intermediates)
+  paddle stock       the same with Paddle's default eager deletion of intermediates (the factory before)
+  paddle+fc          the factory's plus PIR's `matmul_add_act_fuse_pass` (matmul + bias + relu -> one `fc` op)
   paddle ir off      the factory's configuration with IR passes off
   paddle onednn      the factory's with oneDNN on (it deletes `inplace_pass`, which corrupts DeepFM)
   onnxruntime        model.onnx, CPU provider (ctrkit.inference.create_onnx_predictor)
@@ -44,25 +42,19 @@ def tile(model, batch: int):
             np.ascontiguousarray(np.tile(sparse, (reps, 1))[:batch]), np.tile(prob, reps)[:batch])
 
 
-def paddle_variant(model, threads: int, onednn=False, ir_optim=True, stock=False, fc=False, keep=False):
-    """A Paddle predictor built by ctrkit.inference's factory configuration, or with `stock` as the factory built
-    it before this investigation (Paddle's defaults: no extra passes, eager deletion on), plus `fc` / `keep`."""
+def paddle_variant(model, threads: int, onednn=False, ir_optim=True, keep=True, fc=False):
+    """A Paddle predictor with ctrkit.inference's factory configuration; `keep=False` is Paddle's default eager
+    deletion of intermediates (what the factory did before), `fc` adds PIR's `matmul_add_act_fuse_pass`."""
     import paddle
     from paddle import inference
 
-    from ctrkit.inference import Predictor, PredictorOptions, create_predictor
-    options = PredictorOptions(cpu_threads=threads, onednn=onednn, ir_optim=ir_optim, check_golden=False)
-    if not stock:
-        return create_predictor(model, options)
-    config = inference.Config(model.model_file, model.params_file)
-    config.disable_glog_info()
-    config.switch_ir_optim(ir_optim)
-    config.disable_gpu()
-    config.set_cpu_math_library_num_threads(threads)
-    config.disable_onednn()
+    from ctrkit.inference import Predictor, PredictorOptions, _paddle_config
+    options = PredictorOptions(cpu_threads=threads, onednn=onednn, ir_optim=ir_optim, check_golden=False,
+                               keep_intermediates=keep)
+    config = _paddle_config(model, options)
     if fc:
         config.enable_custom_passes(["matmul_add_act_fuse_pass"], False)
-    paddle.set_flags({"FLAGS_eager_delete_tensor_gb": -1.0 if keep else 0.0})
+    paddle.set_flags({"FLAGS_eager_delete_tensor_gb": -1.0 if keep else 0.0})  # as create_predictor does
     return Predictor(model, options, inference.create_predictor(config))
 
 
@@ -138,8 +130,7 @@ def onnx_nodes(model_dir: str) -> dict:
     return counts
 
 
-VARIANTS = ("paddle", "paddle stock", "paddle stock+fc", "paddle stock+keep", "paddle ir off", "paddle onednn",
-            "onnxruntime")
+VARIANTS = ("paddle", "paddle stock", "paddle+fc", "paddle ir off", "paddle onednn", "onnxruntime")
 
 
 def build_variant(name: str, model, threads: int):
@@ -147,7 +138,7 @@ def build_variant(name: str, model, threads: int):
     if name == "onnxruntime":
         return create_onnx_predictor(model, threads)
     return paddle_variant(model, threads, onednn=name == "paddle onednn", ir_optim=name != "paddle ir off",
-                          stock=name.startswith("paddle stock"), fc=name.endswith("+fc"), keep=name.endswith("+keep"))
+                          keep=name != "paddle stock", fc=name == "paddle+fc")
 
 
 def child(args) -> dict:
@@ -218,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
              for name in variants}
     from ctrkit.inference import load_exported_model
     model = load_exported_model(args.model)
-    ops = op_counts(model.directory, 1)
+    ops = op_counts(model.directory, 1)  # the factory's program
     nodes = onnx_nodes(model.directory)
     lines = [f"Model {model.name} ({model.directory}); {args.threads} thread(s); median of {args.rounds} rounds, "
              f"each variant in its own process; load average {os.getloadavg()[0]:.2f}", "",
