@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ctrkit.data import FeatureSpec, iter_batches
+from ctrkit.rebatch import rebatch
 from ctrkit.serving_config import CLIENT_CONF, TEXT_SUFFIX, read_text
 
 from serving.rpc import protocol as P
@@ -270,20 +271,13 @@ def request_batches(paths: str | list[str], spec: FeatureSpec, batch_size: int, 
                 return
 
     def exact(rows: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        dense_parts, sparse_parts, have = [], [], 0
-        for dense, sparse in rows:
-            dense_parts.append(dense)
-            sparse_parts.append(sparse)
-            have += len(dense)
-            if have >= batch_size:
-                dense_all, sparse_all = np.concatenate(dense_parts), np.concatenate(sparse_parts)
-                cut = have - have % batch_size
-                for i in range(0, cut, batch_size):
-                    yield dense_all[i:i + batch_size], sparse_all[i:i + batch_size]
-                dense_parts, sparse_parts, have = [dense_all[cut:]], [sparse_all[cut:]], have - cut
+        for dense, sparse in rebatch(rows, batch_size):  # the toolkit's one re-batching helper
+            yield dense, sparse
 
     rows = exact(passes()) if cycle else passes()
     return ((i, dense, sparse) for i, (dense, sparse) in enumerate(itertools.islice(rows, limit)))
+
+
 OnAnswer = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]  # (index, dense, sparse, prob)
 
 
