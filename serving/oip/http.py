@@ -43,7 +43,7 @@ LENGTH_REQUIRED = P.ErrorKind(411, "INVALID_ARGUMENT")
 class HttpApp:
     """The aiohttp handler. `server` (serving.oip.server.OipServer) supplies model, readiness, metrics, limits."""
 
-    def __init__(self, server, threads: int, read_timeout_s: float = 30.0, decode_budget_bytes: int = 96 << 20):
+    def __init__(self, server, threads: int, read_timeout_s: float = 30.0, decode_budget_bytes: int = 48 << 20):
         self.server = server
         self.model = server.model
         self.max_body_bytes = server.max_body_bytes  # HttpTransport sizes aiohttp's client_max_size from it

@@ -32,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http_threads", type=int, default=4, help="threads decoding large (> 64 KiB) HTTP bodies")
     p.add_argument("--grpc_threads", "--thread", dest="grpc_threads", type=int, default=16,
                    help="sizes the gRPC concurrency limit (64 concurrent RPCs per thread, as serving.rpc)")
-    p.add_argument("--max_body_mb", type=float, default=8, help="largest request body (also once decompressed) "
+    p.add_argument("--max_body_mb", type=float, default=2, help="largest request body (also once decompressed) "
                    "and gRPC message")
-    p.add_argument("--max_decode_mb", type=float, default=96, help="memory all HTTP requests being decoded at once "
+    p.add_argument("--max_decode_mb", type=float, default=48, help="memory all HTTP requests being decoded at once "
                    "may take (JSON costs ~20x its size; binary tensors ~2x); more wait, then get 503")
     p.add_argument("--keep_alive_s", type=int, default=60, help="idle keep-alive connections close after this")
     p.add_argument("--drain_timeout_s", type=float, default=30, help="on SIGTERM, how long in-flight requests may "
