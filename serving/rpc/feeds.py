@@ -52,7 +52,9 @@ class FeedMap:
         self.per_field = {f.name: _Feed(f.name, P.INT64, f.width, sparse.name, f.start) for f in contract.fields} \
             if sparse else {}
         self.field_names = [f.name for f in contract.fields]
-        self.required_packed = [spec.name for spec in contract.inputs]
+        # a dense input of width 0 (a schema without numeric fields) has no feed in the configs: filled here
+        self.implicit = [spec.name for spec in contract.inputs if spec.kind == "dense" and spec.width == 0]
+        self.required_packed = [spec.name for spec in contract.inputs if spec.name not in self.implicit]
         self.fetch_name, self.fetch_alias = contract.output, FETCH_ALIAS
         self.aliases: dict[str, str] = {k: k for k in (*self.packed, *self.per_field)}
         try:
@@ -121,8 +123,11 @@ class FeedMap:
         if len(set(batches.values())) != 1:
             shown = dict(list(batches.items())[:6])
             raise RequestError(P.WRONG_SHAPE, f"feeds disagree on the batch size: {shown}")
+        batch = next(iter(batches.values()))
+        for name in self.implicit:
+            if name not in arrays:
+                arrays[name] = np.zeros((batch, 0), dtype=np.float32)
         if per_field:
-            batch = next(iter(batches.values()))
             sparse = np.empty((batch, self.contract.sparse_width), dtype=np.int64)
             for key, values in columns.items():
                 feed = self.per_field[key]
