@@ -7,14 +7,14 @@
     python tools/paddle_infer.py --model_dir output/deepfm/inference --data_dir data/test --backend onnxruntime
 
 Reads the data files (a file or a directory of them) with the shared lines path (`ctrkit.batch_predict`: the data
-layer parses them with the exported model's feature schema; each file's format is detected once and locked; the
-next batch is parsed while the current one is predicted), scores every line with a golden-checked model from the
-serving runtime's backends (`--backend paddle`, the default, or `onnxruntime` on the export's model.onnx), and
-writes --output with one prediction per input line, in input order (`%.9g`, ctrkit.predictions). Reports samples,
-samples/s, per-batch latency percentiles (after warm-up), preprocess / inference / postprocess time, and AUC /
-logloss when the lines carry labels. --save_log_path appends one JSON record per run (a directory gets
-paddle_infer.jsonl inside). A GPU or TensorRT request this build or machine cannot serve is an error (exit status
-2), never a silent CPU run.
+layer parses them with the exported model's feature schema; each file's format is detected once and locked; with
+--backend onnxruntime the next batch is parsed while the current one is predicted), scores every line with a
+golden-checked model from the serving runtime's backends (`--backend paddle`, the default, or `onnxruntime` on the
+export's model.onnx), and writes --output with one prediction per input line, in input order (`%.9g`,
+ctrkit.predictions). Reports samples, samples/s, per-batch latency percentiles (after warm-up), preprocess /
+inference / postprocess time, and AUC / logloss when the lines carry labels. --save_log_path appends one JSON
+record per run (a directory gets paddle_infer.jsonl inside). A GPU or TensorRT request this build or machine cannot
+serve is an error (exit status 2), never a silent CPU run.
 
 PaddleRec flags with no meaning here are accepted with a one-line warning saying why: --reader_file (lines are
 parsed by the data layer from the model's own schema, not by a reader module), --model_name (the name comes from
@@ -51,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="lines parsed and predicted per batch (>= 1)")
     parser.add_argument("--num_workers", type=int, default=None,
                         help="worker processes that parse and predict, each with its own model (default: CPU cores "
-                             "/ cpu_threads for inputs over 32 MB, else 0 = in this process, parsing the next batch "
-                             "while the current one is predicted)")
+                             "/ cpu_threads for inputs over 32 MB, else 0 = in this process)")
     parser.add_argument("--output", help="write one prediction per input line here")
     parser.add_argument("--benchmark", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
                         help="print the full timing breakdown")

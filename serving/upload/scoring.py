@@ -1,8 +1,8 @@
 """Score an uploaded file as it is read, through the toolkit's one lines -> predictions path
 (`ctrkit.batch_predict`): `batch_size` lines at a time are parsed by the data layer with the served model's
-feature schema (the file's format detected at its first line and locked), the next chunk is parsed while the
-current one is predicted by the runtime, and each chunk's predictions go to a sink, so memory is bounded by a few
-chunks, not the file. One upload is predicted by one model version from start to end (a hot swap meanwhile
+feature schema (the file's format detected at its first line and locked), predicted by the runtime (with
+ONNX Runtime the next chunk is parsed while the current one is predicted; see ctrkit/batch_predict.py for why not
+with Paddle), and each chunk's predictions go to a sink, so memory is bounded by a few chunks, not the file. One upload is predicted by one model version from start to end (a hot swap meanwhile
 serves the next upload).
 
 Sinks: `TopK` keeps only the k best predictions, `AllPredictions` keeps one float32 per line (4 bytes a
@@ -19,7 +19,7 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from ctrkit.batch_predict import model_schema, score_stream
+from ctrkit.batch_predict import model_schema, pipeline_for, score_stream
 from ctrkit.data import DataFormatError
 from ctrkit.runtime import ModelRuntime, RuntimeInputError
 
@@ -123,7 +123,8 @@ class Scorer:
                     inputs[dense_name] = batch.dense
                 return model.predict(inputs)
 
-            scored = score_stream(stream, "upload", self._schema(model), predict, self.batch_size, tee=tee)
+            scored = score_stream(stream, "upload", self._schema(model), predict, self.batch_size, tee=tee,
+                                  pipeline=pipeline_for(model.backend))
             try:
                 for item in scored:
                     start = time.perf_counter()

@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{flag}", type=kind, default=default, help=f"{help_text} [env {env}{shown}]")
     before = {action.dest for action in parser._actions}
     add_runtime_flags(parser, serving=True, backends=("paddle", "onnxruntime"))
+    # Dynamic batching is off by default here: an upload's chunks are already large batches, and handing each to a
+    # batcher thread costs GIL hand-overs (see ctrkit/batch_predict.py); --batching merges concurrent small uploads.
+    parser.set_defaults(batching=False)
+    for action in parser._actions:
+        if action.dest == "batching":
+            action.help = "dynamic batching: merge concurrent uploads' chunks into one model call (default off here)"
     _env_defaults(parser, {action.dest for action in parser._actions} - before)
     legacy = parser.add_argument_group("old spellings (still accepted)")
     legacy.add_argument("--device", default=os.environ.get(env_name("device")) or None,
