@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ctrkit.rebatch import rebatch
 from ctrkit.data.parsing import Batch, DataFormatError, Layout, _blank_layout, find_layout, parse_block
 from ctrkit.data.spec import FeatureSpec
+from ctrkit.rebatch import rebatch
 
 if TYPE_CHECKING:  # ctrkit.schema imports ctrkit.data.spec, so no import at run time
     from ctrkit.schema import FeatureSchema

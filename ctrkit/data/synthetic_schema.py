@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ctrkit.data.hashing import hash_value
-from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS
+from ctrkit.data.spec import NUM_SLOTS
 from ctrkit.data.synthetic import (CHUNK_ROWS, DEFAULT_TRUTH_SEED, POSITIVE_RATE, _finish_part, _open_part,
                                    _solve_bias)
 from ctrkit.data.writer import column_text
