@@ -4,8 +4,7 @@ text lines through it.
     schema = model_schema(exported_model)                  # from model_meta.json, never hard-coded counts
     chunks = iter_chunks(stream, source, chunk_lines)     # exactly `chunk_lines` whole lines per chunk
     lock = FormatLock(schema)                             # per file: the format is detected once, then locked
-    for scored in score_chunks(map(lock, chunks), schema, batch_predictor(runtime),   # pipelined (below)
-                               pipeline=pipeline_for(backend)):
+    for scored in score_chunks(map(lock, chunks), schema, batch_predictor(runtime)):  # pipelined if it pays
         scored.chunk.first_line, scored.probs, scored.labels ...
 
 - **Reading**: a binary stream (a file, an uploaded file) is read in blocks and cut into chunks of exactly
@@ -14,14 +13,15 @@ text lines through it.
 - **Parsing** is the data layer's (`ctrkit.data`), driven by the exported model's feature schema (never by
   hard-coded feature counts). The format of a file (slot / raw / ..., with or without labels) is detected once,
   from its first line that shows one, and locked: a later line in another format is a `DataFormatError` naming the
-  file and the line ("data_format is 'raw' (detected from line 1) but this line is slot format ...").
+  file and the line ("this line is slot format (...) but the file is raw Criteo (tab-separated) (from its first
+  data line); a file must keep one format").
 - **Pipelining**: `score_chunks(..., pipeline=True)` parses the next chunk in a background thread while the
   current one is predicted, with at most `PIPELINE_DEPTH` parsed chunks waiting: memory is bounded by a few chunks,
   however large the input. That pays when the model call releases the GIL: ONNX Runtime does for the whole call.
   Paddle Inference's CPU `run()` holds it for much of the call, and a parse thread then only trades the GIL with it
   (each hand-over can wait out Python's 5 ms switch interval): measured on the 2-core machine with the default
   DeepFM, 100k slot lines took 1.7-2.4 s with parse and predict alternating in one thread and 3.1-3.6 s with the
-  parse thread. So `pipeline_for(backend)` (the default of the callers here) pipelines for onnxruntime and
+  parse thread. So `pipeline_for(backend)` (score_chunks's default) pipelines for onnxruntime and
   alternates for paddle; both keep memory bounded by a chunk or two.
 - **Predicting** goes through the serving runtime (`ctrkit.runtime.ModelRuntime`: backend paddle or onnxruntime,
   golden-checked); `batch_predictor(runtime)` makes the `predict(batch) -> float32 [B]` callable.
@@ -172,6 +172,7 @@ def batch_predictor(runtime) -> Callable[[Any], np.ndarray]:
             inputs[dense] = batch.dense
         return runtime.predict(inputs).probs
 
+    predict.backend = runtime.options.backend  # (score_chunks decides on a parse thread by it)
     return predict
 
 
@@ -241,9 +242,12 @@ def pipeline_for(backend: str) -> bool:
 
 
 def score_chunks(chunks: Iterable[Chunk], schema, predict: Callable[[Any], np.ndarray], *,
-                 pipeline: bool = True) -> Iterator[ScoredChunk]:
+                 pipeline: bool | None = None) -> Iterator[ScoredChunk]:
     """Parse (in a background thread when `pipeline`) and predict every chunk, in order. Chunks should come
-    through a FormatLock (one format per file)."""
+    through a FormatLock (one format per file). `pipeline` None: `pipeline_for` the backend of `predict` (as
+    `batch_predictor` records it; paddle when unknown)."""
+    if pipeline is None:
+        pipeline = pipeline_for(getattr(predict, "backend", "paddle"))
     def parse(chunk):
         return parse_chunk(schema, chunk)
 
@@ -273,7 +277,7 @@ def score_chunks(chunks: Iterable[Chunk], schema, predict: Callable[[Any], np.nd
 
 def score_stream(stream: BinaryIO, source: str, schema, predict: Callable[[Any], np.ndarray],
                  chunk_lines: int, *, tee: Callable[[bytes], Any] | None = None,
-                 pipeline: bool = True) -> Iterator[ScoredChunk]:
+                 pipeline: bool | None = None) -> Iterator[ScoredChunk]:
     """`score_chunks` over one stream (the upload service's path)."""
     lock = FormatLock(schema)
     return score_chunks(map(lock, iter_chunks(stream, source, chunk_lines, tee=tee)), schema, predict,
@@ -384,8 +388,6 @@ def predict_files(model_dir: str, options, paths: list[str], batch_size: int, wo
         if workers == 0:
             predict = batch_predictor(runtime)
             warm_up(predict, model, batch_size)
-            if pipeline is None:
-                pipeline = pipeline_for(options.backend)
             results: Iterator[ScoredChunk] = score_chunks(chunks, schema, predict, pipeline=pipeline)
         else:
             runtime.close()
