@@ -305,3 +305,14 @@ def test_fixed_order_slot_files_take_the_fixed_path_and_agree(tmp_path):
     slow, rejected, slow_truncated = reference(fuzzed, schema, layout)
     assert len(errors) == rejected > 100 and truncated == slow_truncated
     assert_same_batches(fast, slow)
+
+
+def test_binary_shards_refuse_other_schemas_clearly(tmp_path):
+    from ctrkit.prepare import prepare
+    from ctrkit.shards import ShardError, criteo_only
+
+    path = write(tmp_path / "ml.csv", [HEADER, *ROWS])
+    with pytest.raises(ShardError, match=r"binary shards hold Criteo rows \(13 dense features, 26 slots\) and do "
+                                         r"not support the dataset schema 'movielens' yet; train on its text files"):
+        prepare(path, str(tmp_path / "shards"), MOVIELENS, progress=False)
+    assert criteo_only(criteo_schema(77), "x") == FeatureSpec(sparse_feature_number=77)
