@@ -284,7 +284,10 @@ class FeatureSchema:
                                  dense_diff=tuple(runner.get("dense_diff", PADDLEREC_DENSE_DIFF)))
         schema = _schema_from_mapping(dataset, "dataset", n)
         fmt = runner.get("data_format", "auto")
-        if fmt not in ("auto", schema.format) and "format" not in dataset:
+        if fmt not in ("auto", schema.format):
+            if "format" in dataset and schema.format != "auto":
+                raise SchemaError(f"runner.data_format is {fmt!r} but dataset.format is {schema.format!r}; "
+                                  f"set one of them")
             schema = schema.with_options(format=fmt)
         return schema
 

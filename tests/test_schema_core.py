@@ -108,3 +108,12 @@ def test_config_dataset_block(tmp_path):
         load_config(path, ["hyper_parameters.dense_input_dim=5"])
     with pytest.raises(ConfigError, match="'dataset' must be a mapping"):
         load_config(_write(tmp_path, "runner:\n  model: deepfm\ndataset: [1]\n"))
+
+
+def test_runner_data_format_and_dataset_format_must_agree(tmp_path):
+    text = "runner:\n  model: deepfm\ndataset:\n" + "\n".join(
+        f"  {k}: {json.dumps(v)}" for k, v in MOVIELENS.items()) + "\n"
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match="runner.data_format is 'slot' but dataset.format is 'csv'"):
+        load_config(path, ["runner.data_format=slot"])
+    assert load_config(path, ["runner.data_format=auto"]).schema().format == "csv"
