@@ -316,3 +316,28 @@ def test_binary_shards_refuse_other_schemas_clearly(tmp_path):
                                          r"not support the dataset schema 'movielens' yet; train on its text files"):
         prepare(path, str(tmp_path / "shards"), MOVIELENS, progress=False)
     assert criteo_only(criteo_schema(77), "x") == FeatureSpec(sparse_feature_number=77)
+
+
+def test_convert_a_schema_to_paddlerec_slot_format(generated, tmp_path):
+    """tools/convert.py -m: a schema's CSV becomes slot format with its slot names; the printed dataset block
+    reads it back bit for bit (the threshold label becomes 0/1)."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    schema, path = generated["csv"]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"runner": {"model": "deepfm"}, "dataset": schema.to_dict()}))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(repo, "tools", "convert.py"), "-m", str(config),
+                             "--input", path, "--output", str(tmp_path / "out.txt")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["lines"] == 3000 and summary["skipped"] == 0
+    converted = FeatureSchema.from_dict(summary["dataset"])
+    assert converted.format == "slot" and converted.label.threshold is None
+    original = next(iter(iter_batches(path, schema, 10_000)))
+    again = next(iter(iter_batches(str(tmp_path / "out.txt"), converted, 10_000)))
+    assert_same_batches(again, original)

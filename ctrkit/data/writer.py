@@ -42,14 +42,54 @@ def format_slot_lines(batch: Batch) -> list[str]:
     return [" ".join(row) for row in np.stack(columns, axis=1).tolist()] if len(batch.dense) else []
 
 
-def convert_to_slot(input_path: str, output_path: str, spec: FeatureSpec, *, skip_bad: bool = False,
+def slot_schema(schema):
+    """The schema that reads what `format_schema_slot_lines` writes for `schema`: slot format, the same fields and
+    slot names, a 0/1 label (a threshold has been applied), no header / columns."""
+    from ctrkit.schema import LabelSpec
+
+    label = LabelSpec(schema.label.name, None, slot=schema.label.slot)
+    return schema.with_options(format="slot", header=False, columns=None, label=label)
+
+
+def format_schema_slot_lines(batch: Batch, schema) -> list[str]:
+    """PaddleRec slot-format lines of a batch parsed by `schema`, with its slot names: the label (0/1), every
+    numeric field (model-space values, shortest float32 text), every single-valued field (0 when missing), the
+    non-zero ids of each multi-valued field as repeated tokens. `slot_schema(schema)` reads them back bit for bit."""
+    if not len(batch.sparse):
+        return []
+    columns = []
+    if batch.label is not None:
+        columns.append(np.array([f"{schema.label.slot}:0", f"{schema.label.slot}:1"],
+                                dtype=object)[batch.label[:, 0].astype(np.int64)])
+    bits = np.ascontiguousarray(batch.dense, dtype=np.float32).view(np.uint32)
+    columns += [column_text(bits[:, j], f"{f.slot}:", _float32_text) for j, f in enumerate(schema.numeric)]
+    columns += [column_text(batch.sparse[:, k], f"{f.slot}:", str) for k, f in enumerate(schema.categorical)]
+    for field in schema.field_layout()[schema.n_single:]:
+        slot = next(f.slot for f in schema.multi_valued if f.name == field.name)
+        ids = batch.sparse[:, field.start:field.start + field.width].tolist()
+        columns.append(np.array([" ".join(f"{slot}:{i}" for i in row if i) for row in ids], dtype=object))
+    return [" ".join(t for t in row if t) for row in np.stack(columns, axis=1).tolist()]
+
+
+def convert_to_slot(input_path: str, output_path: str, spec, *, skip_bad: bool = False,
                     block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
     """Convert raw Criteo file(s) to slot format. A directory converts to a directory of same-named files,
     a file to a file. Each output appears only when complete (written to a temporary name, then renamed).
     Returns {"files", "lines", "skipped", "first_skipped"} (the first skipped line's error, or None).
     Raises DataFormatError (naming file and line) on a bad line unless `skip_bad`, and for an input that is
     already in slot format."""
-    spec = dataclasses.replace(spec, data_format="raw")
+    from ctrkit.data.parsing import criteo_spec
+
+    criteo = criteo_spec(spec)
+    if criteo is not None:  # raw Criteo -> PaddleRec's Criteo slot format
+        spec = dataclasses.replace(criteo, data_format="raw")
+        write_lines = format_slot_lines
+    else:  # any schema's files (CSV, TSV, slot) -> slot format with the schema's slot names
+        if spec.format == "slot":
+            raise ValueError(f"the schema {spec.name!r} already reads slot format (dataset.format: slot)")
+
+        def write_lines(batch):
+            return format_schema_slot_lines(batch, spec)
     files = list_data_files(input_path)
     if os.path.isdir(input_path):
         os.makedirs(output_path, exist_ok=True)
@@ -65,7 +105,7 @@ def convert_to_slot(input_path: str, output_path: str, spec: FeatureSpec, *, ski
         # hidden while incomplete (ctrkit.fsutil.atomic_write), so a reader of the output never takes it for data
         with atomic_write(target, "w", encoding="ascii", newline="\n") as out:
             for parsed in iter_parsed_blocks([source], spec, skip_bad=skip_bad, block_bytes=block_bytes):
-                text = format_slot_lines(parsed.batch)
+                text = write_lines(parsed.batch)
                 out.write("".join(line + "\n" for line in text))
                 lines += len(text)
                 skipped += len(parsed.errors)
