@@ -310,6 +310,32 @@ def criteo_schema(sparse_feature_number: int = 1000001, data_format: str = "auto
                          categorical_hash="fnv1a64", name="criteo")
 
 
+def schema_from_config_file(path: str, sparse_feature_number: int | None = None) -> FeatureSchema:
+    """The schema of a config file's `dataset:` block (Criteo when it has none) without validating the rest of
+    the config (tools that only read data: gen_data.py, convert.py). Raises SchemaError naming file and key."""
+    import os
+
+    import yaml
+
+    if not os.path.isfile(path):
+        raise SchemaError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise SchemaError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("dataset") or {}, dict):
+        raise SchemaError(f"{path}: expected a mapping with runner / hyper_parameters / dataset")
+    hp = dict(raw.get("hyper_parameters") or {})
+    if sparse_feature_number is not None:
+        hp["sparse_feature_number"] = sparse_feature_number
+    try:
+        return FeatureSchema.from_config({"dataset": raw.get("dataset"), "runner": raw.get("runner") or {},
+                                          "hyper_parameters": hp})
+    except SchemaError as exc:
+        raise SchemaError(f"{path}: {exc}") from None
+
+
 def schema_from_feature_spec(spec: FeatureSpec) -> FeatureSchema:
     """The Criteo schema an older `FeatureSpec` (e.g. a model_meta.json without `schema`) describes."""
     return criteo_schema(spec.sparse_feature_number, spec.data_format, spec.dense_min, spec.dense_diff)

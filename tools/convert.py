@@ -40,10 +40,10 @@ def main() -> int:
     summary_extra = {}
     if args.config:
         from ctrkit.data.writer import slot_schema
-        from tools.gen_data import schema_of_config
+        from ctrkit.schema import schema_from_config_file
 
         flagged = "--sparse_feature_number" in sys.argv
-        spec = schema_of_config(args.config, args.sparse_feature_number if flagged else None)
+        spec = schema_from_config_file(args.config, args.sparse_feature_number if flagged else None)
         if spec.is_criteo:
             spec = spec.feature_spec()
         else:

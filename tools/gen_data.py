@@ -16,8 +16,6 @@ model can do on this set). See docs/data.md.
 import argparse
 import os
 
-import yaml
-
 from ctrkit.cpu_env import configure_cpu_env
 
 configure_cpu_env()  # before anything imports paddle (see ctrkit/cpu_env.py)
@@ -26,7 +24,7 @@ from ctrkit.cli import run_cli
 from ctrkit.data.spec import FeatureSpec
 from ctrkit.data.synthetic import DEFAULT_TRUTH_SEED, _PART_PATTERN, generate_dataset, summary_line
 from ctrkit.data.synthetic_schema import PROFILES, generate_schema_dataset
-from ctrkit.schema import FeatureSchema, SchemaError, criteo_schema
+from ctrkit.schema import criteo_schema, schema_from_config_file
 
 
 def positive_int(text: str) -> int:
@@ -37,27 +35,6 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
-
-
-def schema_of_config(path: str, sparse_feature_number: int | None) -> FeatureSchema:
-    """The schema of a config file's `dataset:` block (Criteo when it has none)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: top level must be a mapping")
-    hp = dict(raw.get("hyper_parameters") or {})
-    if sparse_feature_number is not None:
-        hp["sparse_feature_number"] = sparse_feature_number
-    try:
-        return FeatureSchema.from_config({"dataset": raw.get("dataset"), "runner": raw.get("runner") or {},
-                                          "hyper_parameters": hp})
-    except SchemaError as exc:
-        raise ValueError(f"{path}: {exc}") from None
 
 
 def existing_outputs(out: str, truth: str) -> list[str]:
@@ -99,7 +76,7 @@ def main() -> int:
     args = parser.parse_args()
     truth = args.truth or args.out.rstrip("/") + ".truth.txt"
     if args.config:
-        schema = schema_of_config(args.config, args.sparse_feature_number)
+        schema = schema_from_config_file(args.config, args.sparse_feature_number)
     else:
         schema = criteo_schema(args.sparse_feature_number or FeatureSpec().sparse_feature_number)
     old = existing_outputs(args.out, truth)
