@@ -81,8 +81,10 @@ def generate(work_dir: str, name: str, rows: int, seed: int, interaction_scale: 
     return meta
 
 
-def run_model(name: str, train_dir: str, test_dir: str, save_dir: str, epochs: int, overrides: list[str]) -> dict:
-    """Train and evaluate one model (called in a fresh process)."""
+def run_model(name: str, train_dir: str, test_dir: str, save_dir: str, epochs: int, overrides: list[str],
+              every_epoch: bool = False) -> dict:
+    """Train and evaluate one model (called in a fresh process); `every_epoch`: score every epoch's checkpoint
+    (`epoch_auc`, `epoch_logloss`: does a second epoch overfit?), else the last one."""
     os.environ["CTRKIT_NO_PROGRESS"] = "1"
     import paddle
 
@@ -94,15 +96,19 @@ def run_model(name: str, train_dir: str, test_dir: str, save_dir: str, epochs: i
     config = load_config(default_config_path(name), [
         f"runner.train_data_dir={train_dir}", f"runner.test_data_dir={test_dir}", f"runner.epochs={epochs}",
         f"runner.model_save_path={save_dir}", f"runner.infer_load_path={save_dir}",
-        f"runner.infer_start_epoch={epochs - 1}", f"runner.infer_end_epoch={epochs}", "runner.resume=false",
+        f"runner.infer_start_epoch={0 if every_epoch else epochs - 1}", f"runner.infer_end_epoch={epochs}",
+        "runner.resume=false",
         *overrides])
     start = time.perf_counter()
     trained = train(config)
     train_seconds = time.perf_counter() - start
     state = paddle.load(os.path.join(trained["checkpoint"], "rec.pdparams"))
     parameters = sum(math.prod(tensor.shape) for tensor in state.values())
-    scored = evaluate(config)[-1]
-    return {"model": name, "parameters": parameters, "train_samples": trained["samples"],
+    every = evaluate(config)
+    scored = every[-1]
+    per_epoch = {"epoch_auc": [r["auc"] for r in every], "epoch_logloss": [r["logloss"] for r in every]} \
+        if every_epoch else {}
+    return {**per_epoch, "model": name, "parameters": parameters, "train_samples": trained["samples"],
             "train_samples_per_s": trained["samples_per_s"], "train_seconds": train_seconds,
             "test_auc": scored["auc"], "test_logloss": scored["logloss"], "test_samples": scored["samples"],
             "hyper_parameters": {k: v for k, v in config.hyper_parameters.items() if k != "optimizer"},
@@ -187,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test_rows", type=int, default=200_000, help="test rows (default 200,000)")
     parser.add_argument("--models", default=",".join(available_models()), help="comma-separated model names")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--eval_every_epoch", action="store_true",
+                        help="score every epoch's checkpoint (epoch_auc / epoch_logloss in the JSON lines)")
     parser.add_argument("--interaction_scale", type=float, default=3.0,
                         help="strength of the planted pairwise interactions (default 3: interactions matter, so the "
                              "comparison separates interaction models from logistic regression)")
@@ -218,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in models:
         save_dir = os.path.join(work_dir, "checkpoints", name)
-        result = run_isolated(name, train_meta["dir"], test_meta["dir"], save_dir, args.epochs, args.opt)
+        result = run_isolated(name, train_meta["dir"], test_meta["dir"], save_dir, args.epochs, args.opt,
+                              args.eval_every_epoch)
         if not args.keep_checkpoints:
             shutil.rmtree(save_dir, ignore_errors=True)
         print(json.dumps({k: v for k, v in result.items() if k != "hyper_parameters"}), flush=True)
