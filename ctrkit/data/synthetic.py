@@ -229,12 +229,21 @@ def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", f
         raise ValueError(f"the truth file {truth_path} must not be inside the data directory {out_dir}")
     prepare_output(out_dir, truth_path, overwrite)
     truth = make_ground_truth(truth_seed, spec, interaction_scale)
+    parts = [os.path.join(out_dir, PART_NAME.format(i)) for i in range(files)]
+    return write_dataset(generate_chunks(rows, seed, truth, spec, fmt, with_labels), parts, rows, truth_path)
+
+
+def write_dataset(chunks, part_paths: list[str], rows: int, truth_path: str, header: str | None = None) -> dict:
+    """Write generated `chunks` ((lines, probs, labels) each) as `rows` rows split evenly over `part_paths`
+    (each begins with `header` when given) and the true probabilities to `truth_path`; returns the summary
+    {"rows", "positive_rate", "bayes_auc", "bayes_logloss"}. Shared by every synthetic generator."""
+    files = len(part_paths)
     sizes = [rows * (i + 1) // files - rows * i // files for i in range(files)]
-    parts = (os.path.join(out_dir, PART_NAME.format(i)) for i in range(files))
+    parts = iter(part_paths)
     all_probs, all_labels = [], []
     part, room = None, 0
     with atomic_write(truth_path, "w", encoding="ascii") as truth_file:
-        for lines, probs, labels in generate_chunks(rows, seed, truth, spec, fmt, with_labels):
+        for lines, probs, labels in chunks:
             truth_file.write("".join(f"{p!r}\n" for p in probs.tolist()))
             all_probs.append(probs)
             all_labels.append(labels)
@@ -242,6 +251,8 @@ def generate_dataset(out_dir: str, rows: int, seed: int, *, fmt: str = "slot", f
                 if room == 0:
                     _finish_part(part)
                     part, room = _open_part(next(parts)), sizes.pop(0)
+                    if header:
+                        part[0].write(header)
                 taken = lines[:room]
                 part[0].write("".join(line + "\n" for line in taken))
                 lines, room = lines[len(taken):], room - len(taken)

@@ -32,11 +32,9 @@ import numpy as np
 
 from ctrkit.data.hashing import hash_value
 from ctrkit.data.spec import NUM_SLOTS
-from ctrkit.data.synthetic import (CHUNK_ROWS, DEFAULT_TRUTH_SEED, POSITIVE_RATE, _finish_part, _open_part,
-                                   _solve_bias)
+from ctrkit.data.synthetic import (CHUNK_ROWS, DEFAULT_TRUTH_SEED, POSITIVE_RATE, _solve_bias, prepare_output,
+                                   write_dataset)
 from ctrkit.data.writer import column_text
-from ctrkit.fsutil import atomic_write
-from ctrkit.metrics import auc, logloss
 from ctrkit.schema import FeatureSchema
 
 VOCAB_RANGE = (3, 300)
@@ -386,8 +384,6 @@ def generate_schema_dataset(out_dir: str, schema: FeatureSchema, rows: int, seed
                             with_labels: bool = True, profile: str = "default", overwrite: bool = True) -> dict:
     """Like `ctrkit.data.synthetic.generate_dataset` for any non-Criteo schema: part files in the schema's
     format (a header line in each CSV/TSV file when header: true) and the true probabilities beside."""
-    from ctrkit.data.synthetic import prepare_output
-
     if not 1 <= files <= rows:
         raise ValueError(f"need 1 <= files <= rows, got rows={rows}, files={files}")
     fmt = output_format(schema, fmt)
@@ -395,30 +391,11 @@ def generate_schema_dataset(out_dir: str, schema: FeatureSchema, rows: int, seed
     truth_path = truth_path or out_dir + ".truth.txt"
     prepare_output(out_dir, truth_path, overwrite)
     truth = make_schema_truth(schema, truth_seed, profile)
-    sizes = [rows * (i + 1) // files - rows * i // files for i in range(files)]
     suffix = {"slot": "txt", "raw": "txt", "csv": "csv", "tsv": "tsv"}[fmt]
-    parts = (os.path.join(out_dir, f"part-{i:05d}.{suffix}") for i in range(files))
+    parts = [os.path.join(out_dir, f"part-{i:05d}.{suffix}") for i in range(files)]
     header = None
     if fmt in ("csv", "tsv") and schema.header:
         names = [c for c in _columns(schema, fmt) if with_labels or c != schema.label.name]
         header = ("," if fmt == "csv" else "\t").join(names) + "\n"
-    all_probs, all_labels = [], []
-    part, room = None, 0
-    with atomic_write(truth_path, "w", encoding="ascii") as truth_file:
-        for lines, probs, labels in generate_schema_chunks(schema, rows, seed, truth, fmt, with_labels):
-            truth_file.write("".join(f"{p!r}\n" for p in probs.tolist()))
-            all_probs.append(probs)
-            all_labels.append(labels)
-            while lines:
-                if room == 0:
-                    _finish_part(part)
-                    part, room = _open_part(next(parts)), sizes.pop(0)
-                    if header:
-                        part[0].write(header)
-                taken = lines[:room]
-                part[0].write("".join(line + "\n" for line in taken))
-                lines, room = lines[len(taken):], room - len(taken)
-        _finish_part(part)
-    probs, labels = np.concatenate(all_probs), np.concatenate(all_labels)
-    return {"rows": rows, "positive_rate": float(labels.mean()), "bayes_auc": auc(labels, probs),
-            "bayes_logloss": logloss(labels, probs)}
+    return write_dataset(generate_schema_chunks(schema, rows, seed, truth, fmt, with_labels), parts, rows,
+                         truth_path, header)
