@@ -30,6 +30,9 @@ class SkipCell(Exception):
 
 
 def main(argv: list[str]) -> int:
+    from ctrkit.cpu_env import configure_cpu_env
+
+    configure_cpu_env()  # before paddle loads (MKL's fast path on AMD CPUs), as every entry point does
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2

@@ -202,6 +202,9 @@ def repeated(path: str, lines: int) -> bytes:
 
 
 def main() -> None:
+    from ctrkit.cpu_env import configure_cpu_env
+
+    configure_cpu_env()  # before paddle loads (MKL's fast path on AMD CPUs), as every entry point does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="exported model directory (default: a seeded default DeepFM in --work_dir)")
     parser.add_argument("--work_dir", default=os.path.join(REPO_ROOT, "output", "upload_bench"))

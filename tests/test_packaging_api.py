@@ -128,3 +128,21 @@ print(json.dumps([len(probs), sorted(b for b in blocked if b in ("grpc", "flask"
     assert result.returncode == 0, result.stderr[-3000:]
     rows, blocked = json.loads(result.stdout.strip().splitlines()[-1])
     assert rows == 80 and blocked == ["flask", "grpc", "onnx", "visualdl"]
+
+
+def test_importing_ctrkit_changes_no_environment():
+    """The CPU settings are the entry points' job (ctrkit.cpu_env), not an import side effect."""
+    import os
+    import subprocess
+    import sys
+
+    from test_packaging_requirements import REPO
+
+    code = ("import os, json; before = dict(os.environ)\n"
+            "import ctrkit, ctrkit.api, ctrkit.inference, ctrkit.data, ctrkit.runtime\n"
+            "print(json.dumps(sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))))")
+    env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
