@@ -32,7 +32,7 @@ import numpy as np
 from ctrkit.data.hashing import FNV_OFFSET, FNV_PRIME, fnv1a64, hash_spans_from_states, hash_value, key_state
 from ctrkit.data.parsing import (_FLOAT32_LIMIT, _PAD, _POINT, Batch, DataFormatError, Layout, _as_float32,
                                  _field_starts, _LineError, _parse_decimals, _parse_float, _parse_id, _parse_ids,
-                                 _show)
+                                 _show, reparse_rows)
 
 if TYPE_CHECKING:  # ctrkit.schema imports ctrkit.data.spec, so no import at run time
     from ctrkit.schema import FeatureSchema
@@ -813,25 +813,11 @@ def _delete(delim: bytes) -> bytes:
 def _slow_rows(out: Batch, slow, line_of, plan: _Plan, schema: FeatureSchema, source: str, first_line_number: int,
                skip_bad: bool, truncated: Counter) -> tuple[Batch, list[DataFormatError]]:
     parse_line = _parse_slot_line if plan.fmt == "slot" else _parse_delimited_line
-    errors, bad_rows = [], []
-    for i in slow:
+
+    def parse(line: bytes):
         line_truncated = Counter()
-        try:
-            label, dense, ids = parse_line(line_of(i), plan, schema, line_truncated)
-        except _LineError as exc:
-            error = DataFormatError(source, first_line_number + i, str(exc))
-            if not skip_bad:
-                raise error from None
-            errors.append(error)
-            bad_rows.append(i)
-            continue
-        truncated.update(line_truncated)
-        out.dense[i] = dense
-        out.sparse[i] = ids
-        if plan.labeled:
-            out.label[i, 0] = label
-    if bad_rows:
-        keep = np.ones(len(out.dense), dtype=bool)
-        keep[bad_rows] = False
-        out = Batch(out.dense[keep], out.sparse[keep], out.label[keep] if out.label is not None else None)
-    return out, errors
+        parsed = parse_line(line, plan, schema, line_truncated)
+        truncated.update(line_truncated)  # only lines that parse count
+        return parsed
+
+    return reparse_rows(out, slow, line_of, parse, plan.labeled, source, first_line_number, skip_bad)

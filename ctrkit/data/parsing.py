@@ -437,10 +437,19 @@ def _parse_slow_rows(out: Batch, slow: np.ndarray, line_of, layout: Layout, spec
                      first_line_number: int, skip_bad: bool) -> tuple[Batch, list[DataFormatError]]:
     """Run the reference per-line parser on rows `slow` (ascending) of `out`, in place; drop bad rows."""
     parse_line = _LINE_PARSERS[layout.fmt]
+    return reparse_rows(out, slow.tolist(), line_of, lambda line: parse_line(line, layout.labeled, spec),
+                        layout.labeled, source, first_line_number, skip_bad)
+
+
+def reparse_rows(out: Batch, rows, line_of, parse_line, labeled: bool, source: str, first_line_number: int,
+                 skip_bad: bool) -> tuple[Batch, list[DataFormatError]]:
+    """Fill rows `rows` (ascending ints) of `out` in place from `parse_line(line_of(i))` -> (label, dense, ids),
+    the per-line parser of any format; a _LineError raises DataFormatError, or with `skip_bad` drops the row
+    and is returned in the error list. Shared by the Criteo and the generic (schema) parsers."""
     errors, bad_rows = [], []
-    for i in slow.tolist():
+    for i in rows:
         try:
-            label, dense, ids = parse_line(line_of(i), layout.labeled, spec)
+            label, dense, ids = parse_line(line_of(i))
         except _LineError as exc:
             error = DataFormatError(source, first_line_number + i, str(exc))
             if not skip_bad:
@@ -450,7 +459,7 @@ def _parse_slow_rows(out: Batch, slow: np.ndarray, line_of, layout: Layout, spec
             continue
         out.dense[i] = dense
         out.sparse[i] = ids
-        if layout.labeled:
+        if labeled:
             out.label[i, 0] = label
     if bad_rows:
         keep = np.ones(len(out.dense), dtype=bool)
