@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable
@@ -179,3 +181,35 @@ class Supervisor:
 
     def request_stop(self) -> None:
         self._stop_requested = True
+
+
+def run_worker_group(command: list[str], workers: int, *, ready_prefix: str, announce: Callable[[list[str]], str],
+                     drain_timeout_s: float, sockets: list, metrics_prefix: str, metrics_parent: str | None = None,
+                     start_failed_status: int = 2) -> int:
+    """The `--workers N` main loop of every server: `command` (one complete server, on ports the caller reserved:
+    `sockets`, closed at the end) run `workers` times under a Supervisor, ready when a worker's stdout line starts
+    with `ready_prefix`; prints `announce(ready_lines)` once all are ready, then supervises until SIGTERM/SIGINT.
+    Prometheus multi-process files go to a fresh directory (`metrics_prefix`, under `metrics_parent` or the temp
+    dir), removed at the end. Returns the exit status (`start_failed_status` when a worker fails to start)."""
+    from ctrkit.runtime import MULTIPROC_ENV
+
+    metrics_dir = tempfile.mkdtemp(prefix=metrics_prefix, dir=metrics_parent)
+    sup = Supervisor(command, workers, env={**os.environ, MULTIPROC_ENV: metrics_dir},
+                     is_ready=lambda line: line.startswith(ready_prefix), drain_timeout_s=drain_timeout_s,
+                     multiproc_dir=metrics_dir)
+    try:
+        try:
+            lines = sup.start()
+        except RuntimeError as e:
+            log.error("%s", e)
+            return start_failed_status
+        print(announce(lines), flush=True)
+        return sup.supervise()
+    finally:
+        for proc in sup.workers:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for sock in sockets:
+            sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)

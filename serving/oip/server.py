@@ -208,41 +208,24 @@ def run_workers(args, argv: list[str]) -> int:
     """`--workers N`: N complete servers on the same two ports under the shared supervisor (serving.supervisor):
     one ready line once all are ready, a dead worker restarted, SIGTERM drains all, SIGHUP reaches each; /metrics
     sums every worker (Prometheus multi-process mode)."""
-    import shutil
-    import tempfile
-
-    from ctrkit.runtime import MULTIPROC_ENV
     from serving.rpc.workers import reserve_port
-    from serving.supervisor import Supervisor
+    from serving.supervisor import run_worker_group
 
     sockets = [reserve_port(args.host, args.http_port), reserve_port(args.host, args.grpc_port)]
     http_port, grpc_port = (sock.getsockname()[1] for sock in sockets)
-    metrics_dir = tempfile.mkdtemp(prefix="ctrkit-oip-metrics-")
     # later flags win in argparse: the workers get the resolved ports and run one process each
     cmd = [sys.executable, "-m", "serving.oip", *argv, "--workers", "1", "--http_port", str(http_port),
            "--grpc_port", str(grpc_port), "--reuse_port"]
-    sup = Supervisor(cmd, args.workers, env={**os.environ, MULTIPROC_ENV: metrics_dir},
-                     is_ready=lambda line: line.startswith(READY_PREFIX), drain_timeout_s=args.drain_timeout_s,
-                     multiproc_dir=metrics_dir)
-    try:
-        try:
-            lines = sup.start()
-        except RuntimeError as e:
-            log.error("%s", e)
-            return 2
+
+    def announce(lines: list[str]) -> str:
         name = lines[0].split()[3]
         version = max((line.split()[5] for line in lines), key=lambda v: int(v) if v.isdigit() else -1)
-        print(f"{READY_PREFIX}: model {name} version {version} http {args.host}:{http_port} "
-              f"grpc {args.host}:{grpc_port} workers {args.workers}", flush=True)
-        return sup.supervise()
-    finally:
-        for proc in sup.workers:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for sock in sockets:
-            sock.close()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        return (f"{READY_PREFIX}: model {name} version {version} http {args.host}:{http_port} "
+                f"grpc {args.host}:{grpc_port} workers {args.workers}")
+
+    return run_worker_group(cmd, args.workers, ready_prefix=READY_PREFIX, announce=announce,
+                            drain_timeout_s=args.drain_timeout_s, sockets=sockets,
+                            metrics_prefix="ctrkit-oip-metrics-")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,19 +11,12 @@ worker loads, self-checks and swaps model versions by itself; /metrics answers w
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import shutil
 import socket
 import sys
-import tempfile
-
-from ctrkit.runtime import MULTIPROC_ENV
 
 from serving.rpc.server import READY_LINE, http_port
-from serving.supervisor import Supervisor
-
-log = logging.getLogger("serving.rpc.workers")
+from serving.supervisor import run_worker_group
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -43,29 +36,15 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> int:
     grpc_port, http = (s.getsockname()[1] for s in sockets)
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
-        metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=args.workdir)
-    else:
-        metrics_dir = tempfile.mkdtemp(prefix="ctrkit-rpc-metrics-")
     # later flags win in argparse: the workers get the resolved ports and run one process each
     cmd = [sys.executable, "-m", "serving.rpc", *argv, "--workers", "1", "--port", str(grpc_port),
            "--http_port", str(http), "--reuse_port"]
-    sup = Supervisor(cmd, args.workers, env={**os.environ, MULTIPROC_ENV: metrics_dir},
-                     is_ready=lambda line: line.startswith("serving.rpc ready"),
-                     drain_timeout_s=args.drain_timeout_s, multiproc_dir=metrics_dir)
-    try:
-        try:
-            lines = sup.start()
-        except RuntimeError as e:
-            log.error("%s", e)
-            return 2
+
+    def announce(lines: list[str]) -> str:
         version = max(int(line.split()[3]) for line in lines)
-        print(READY_LINE.format(version=version, host=args.host, grpc_port=grpc_port, http_port=http), flush=True)
-        return sup.supervise()
-    finally:
-        for proc in sup.workers:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for s in sockets:
-            s.close()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        return READY_LINE.format(version=version, host=args.host, grpc_port=grpc_port, http_port=http)
+
+    return run_worker_group(cmd, args.workers, ready_prefix="serving.rpc ready", announce=announce,
+                            drain_timeout_s=args.drain_timeout_s, sockets=sockets,
+                            metrics_prefix="metrics-" if args.workdir else "ctrkit-rpc-metrics-",
+                            metrics_parent=args.workdir or None)

@@ -26,11 +26,9 @@ import _thread
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 
@@ -40,7 +38,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
-from ctrkit.runtime import MULTIPROC_ENV, ModelRuntime
+from ctrkit.runtime import ModelRuntime
 from serving.upload.app import create_app
 from serving.upload.scoring import Scorer
 from serving.upload.settings import MIB, READY_LINE, UploadSettings
@@ -240,27 +238,15 @@ def serve_one(settings: UploadSettings, reuse_port: bool = False) -> int:
 
 def supervise(settings: UploadSettings, argv: list[str]) -> int:
     """`--workers N`: N copies of this server on one port under the shared supervisor."""
-    from serving.supervisor import Supervisor
+    from serving.supervisor import run_worker_group
 
     reserved = listen_socket(settings.host, settings.port, reuse_port=True)  # bound, not listening: the port
-    host, port = reserved.getsockname()[:2]
-    multiproc_dir = tempfile.mkdtemp(prefix="ctrkit-upload-metrics-")
-    env = {**os.environ, MULTIPROC_ENV: multiproc_dir}
+    port = reserved.getsockname()[1]
     command = [sys.executable, "-m", __package__, *argv, "--workers", "1", "--worker", "--port", str(port)]
-    supervisor = Supervisor(command, settings.workers, env=env, drain_timeout_s=settings.drain_timeout_s,
-                            is_ready=lambda line: line.startswith("serving.upload ready"),
-                            multiproc_dir=multiproc_dir)
-    try:
-        try:
-            lines = supervisor.start()
-        except RuntimeError as exc:
-            log.error("%s", exc)
-            return 1
-        print(lines[0].strip() + f" workers {settings.workers}", flush=True)
-        return supervisor.supervise()
-    finally:
-        reserved.close()
-        shutil.rmtree(multiproc_dir, ignore_errors=True)
+    return run_worker_group(command, settings.workers, ready_prefix="serving.upload ready",
+                            announce=lambda lines: lines[0].strip() + f" workers {settings.workers}",
+                            drain_timeout_s=settings.drain_timeout_s, sockets=[reserved],
+                            metrics_prefix="ctrkit-upload-metrics-", start_failed_status=1)
 
 
 def serve(settings: UploadSettings, argv: list[str] | None = None) -> int:
