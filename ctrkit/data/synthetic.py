@@ -26,6 +26,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -263,15 +264,15 @@ def write_dataset(chunks, part_paths: list[str], rows: int, truth_path: str, hea
 
 
 def _open_part(path: str) -> tuple:
-    """(file, final path): a data file written under a hidden name (ignored by readers) until it is complete."""
-    partial = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".partial")
-    return open(partial, "w", encoding="ascii", newline="\n"), path
+    """(file, its ExitStack): a data file written under a hidden name (ignored by readers) until it is complete
+    (ctrkit.fsutil.atomic_write)."""
+    stack = ExitStack()
+    return stack.enter_context(atomic_write(path, "w", encoding="ascii", newline="\n")), stack
 
 
 def _finish_part(part: tuple | None) -> None:
     if part is not None:
-        part[0].close()
-        os.replace(part[0].name, part[1])
+        part[1].close()  # publishes the file
 
 
 def summary_line(summary: dict) -> str:
