@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 
 import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from serving.supervisor import ServerProcess  # noqa: E402
+
 READY = {
     "rpc": re.compile(r"serving\.rpc ready: version \S+ grpc [\d.]+:(?P<grpc>\d+) http [\d.]+:(?P<http>\d+)"),
     "oip": re.compile(r"serving\.oip ready: model \S+ version \S+ http [\d.]+:(?P<http>\d+) grpc [\d.]+:(?P<grpc>\d+)"),
@@ -38,21 +39,15 @@ def server_command(kind: str, model: str, backend: str, flags: list[str]) -> lis
     raise BenchError(f"unknown server kind {kind!r}")
 
 
-class Server:
+class Server(ServerProcess):
     """A server process, ready (ports read from its ready line) or BenchError with the tail of its log."""
 
     def __init__(self, kind: str, model: str = "", backend: str = "paddle", flags: list[str] | None = None,
                  log_path: str | None = None, timeout_s: float = 300):
         self.kind, self.backend = kind, backend
-        self.command = server_command(kind, model, backend, flags or [])
-        self.log_path = log_path or os.devnull
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=REPO)
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout_s)
-        match = READY[kind].search(line[0] if line else "")
+        super().__init__(server_command(kind, model, backend, flags or []), READY[kind],
+                         log_path=log_path or os.devnull, cwd=REPO, timeout_s=timeout_s)
+        match = self.match
         if not match:
             self.stop()
             raise BenchError(f"{kind} server did not start: {' '.join(self.command)}\n{self.log_tail()}")
@@ -95,15 +90,7 @@ class Server:
             return f.read()[-n:]
 
     def stop(self, timeout_s: float = 60) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        return super().stop(timeout_s=timeout_s)
 
 
 def load_average() -> list[float]:

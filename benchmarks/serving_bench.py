@@ -16,13 +16,13 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import psutil
+
+from servers import ServerProcess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REC_CLIENT = os.path.join(REPO, "tools", "rec_client.py")
@@ -45,34 +45,20 @@ def _serving_dirs(model: str) -> tuple[str, str]:
     return server, client
 
 
-class _Server:
+class _Server(ServerProcess):
     def __init__(self, server_dir: str, flags: list[str], timeout_s: float = 300):
         cmd = [sys.executable, "-m", "serving.rpc", "--model", server_dir, "--port", "0", "--log_level", "WARNING",
                *flags]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout_s)
-        match = READY.search(line[0] if line else "")
-        if not match:
+        super().__init__(cmd, READY, cwd=REPO, timeout_s=timeout_s)
+        if not self.match:
             self.stop()
             raise BenchError(f"server did not start: {' '.join(cmd)}")
-        self.grpc_port, self.http_port = int(match.group(1)), int(match.group(2))
+        self.grpc_port, self.http_port = int(self.match.group(1)), int(self.match.group(2))
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process and its workers (--workers) so far."""
         root = psutil.Process(self.proc.pid)
         return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def _client_run(client_conf: str, port: int, data: str, transport: str, batch: int, concurrency: int,

@@ -29,6 +29,49 @@ from typing import Callable
 log = logging.getLogger("serving.supervisor")
 
 
+def first_line(proc: subprocess.Popen, timeout_s: float) -> str:
+    """The first line `proc` writes to its (piped, text) stdout; "" if it exits or `timeout_s` passes first."""
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return out[0] if out else ""
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
+    """Send `sig` (if it still runs), wait up to `timeout_s`, then SIGKILL; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+class ServerProcess:
+    """One server started as a child process (tests, benchmarks): `command` with stdout piped, stderr to
+    `log_path` (None: inherited); `ready_line` = its first stdout line (the servers print their ready line
+    first), `match` = the `ready` pattern's match on it (None: it did not get ready within `timeout_s`; the
+    caller stops it and reports)."""
+
+    def __init__(self, command: list[str], ready, *, log_path: str | None = None, cwd: str | None = None,
+                 timeout_s: float = 300.0):
+        self.command = command
+        self.log_path = log_path
+        self._log = open(log_path, "w") if log_path else None
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=cwd)
+        self.ready_line = first_line(self.proc, timeout_s)
+        self.match = ready.search(self.ready_line)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
+        status = stop_process(self.proc, sig, timeout_s)
+        if self._log is not None:
+            self._log.close()
+        return status
+
+
 class Supervisor:
     def __init__(self, command: list[str], workers: int, *, env: dict | None = None,
                  is_ready: Callable[[str], bool] = lambda line: bool(line.strip()), drain_timeout_s: float = 30.0,
@@ -60,11 +103,7 @@ class Supervisor:
         return proc
 
     def _first_line(self, proc: subprocess.Popen) -> str:
-        out: list[str] = []
-        reader = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(self.ready_timeout_s)
-        line = out[0] if out else ""
+        line = first_line(proc, self.ready_timeout_s)
         threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
         return line
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -15,25 +13,22 @@ import numpy as np
 import requests
 
 from serving.rpc import protocol as P
+from serving.supervisor import ServerProcess
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY = re.compile(r"serving\.rpc ready: version (\d+) grpc [\d.]+:(\d+) http [\d.]+:(\d+)")
 
 
-class RpcServer:
+class RpcServer(ServerProcess):
     """A running server process; `log()` is its stderr so far."""
 
     def __init__(self, model: str, log_path: str, *flags: str, timeout_s: float = 180):
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.rpc", "--model", model, "--port", "0", *flags],
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=REPO_ROOT)
-        line = _read_line(self.proc, timeout_s)
-        match = READY.search(line or "")
-        if not match:
+        super().__init__([sys.executable, "-m", "serving.rpc", "--model", model, "--port", "0", *flags], READY,
+                         log_path=log_path, cwd=REPO_ROOT, timeout_s=timeout_s)
+        if not self.match:
             self.stop()
-            raise RuntimeError(f"server did not get ready (stdout {line!r}); log:\n{self.log()}")
-        self.version, self.grpc_port, self.http_port = (int(g) for g in match.groups())
+            raise RuntimeError(f"server did not get ready (stdout {self.ready_line!r}); log:\n{self.log()}")
+        self.version, self.grpc_port, self.http_port = (int(g) for g in self.match.groups())
         self.url = f"http://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
@@ -51,26 +46,6 @@ class RpcServer:
             if line.startswith(name) and (line[len(name)] in " {") and labels in line:
                 total += float(line.rsplit(" ", 1)[1])
         return total
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
-def _read_line(proc: subprocess.Popen, timeout_s: float) -> str | None:
-    """The first stdout line of `proc`, or None if it exits or `timeout_s` passes first."""
-    out: list[str] = []
-    reader = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    return out[0] if out else None
 
 
 def proto_request(dense: np.ndarray, sparse: np.ndarray, log_id: int = 0, **dense_overrides) -> "P.Request":

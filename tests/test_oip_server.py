@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,6 +16,8 @@ import numpy as np
 import pytest
 import requests
 
+from serving.supervisor import ServerProcess
+
 tritonhttp = pytest.importorskip("tritonclient.http")
 tritongrpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -25,23 +26,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY = re.compile(r"serving\.oip ready: model (\S+) version (\S+) http [\d.]+:(\d+) grpc [\d.]+:(\d+)")
 
 
-class OipServer:
+class OipServer(ServerProcess):
     def __init__(self, model: str, log_path: str, *flags: str, timeout_s: float = 180):
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.oip", "--model", model, "--http_port", "0",
-                                      "--grpc_port", "0", *flags], stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, cwd=REPO_ROOT)
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout_s)
-        match = READY.search(line[0] if line else "")
-        if not match:
+        super().__init__([sys.executable, "-m", "serving.oip", "--model", model, "--http_port", "0", "--grpc_port",
+                          "0", *flags], READY, log_path=log_path, cwd=REPO_ROOT, timeout_s=timeout_s)
+        if not self.match:
             self.stop()
-            raise RuntimeError(f"serving.oip did not get ready (stdout {line!r}); log:\n{self.log()}")
-        self.name, self.version = match.group(1), match.group(2)
-        self.http_port, self.grpc_port = int(match.group(3)), int(match.group(4))
+            raise RuntimeError(f"serving.oip did not get ready (stdout {self.ready_line!r}); log:\n{self.log()}")
+        self.name, self.version = self.match.group(1), self.match.group(2)
+        self.http_port, self.grpc_port = int(self.match.group(3)), int(self.match.group(4))
         self.url = f"http://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
@@ -53,17 +46,6 @@ class OipServer:
 
     def grpc_client(self):
         return tritongrpc.InferenceServerClient(f"127.0.0.1:{self.grpc_port}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 def _inputs(module, dense: np.ndarray, sparse: np.ndarray, binary: bool = True):
