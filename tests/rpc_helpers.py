@@ -2,8 +2,10 @@
 server itself, read from its ready line), raw gRPC / HTTP calls, and local reference predictions."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -12,6 +14,8 @@ import grpc
 import numpy as np
 import requests
 
+from ctrkit.data import FeatureSpec, iter_batches
+from ctrkit.inference import META_FILE
 from serving.rpc import protocol as P
 from serving.supervisor import ServerProcess
 
@@ -46,6 +50,30 @@ class RpcServer(ServerProcess):
             if line.startswith(name) and (line[len(name)] in " {") and labels in line:
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+
+def slot_rows(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dense, sparse) of the first `n` rows of a Criteo slot file."""
+    batch = next(iter(iter_batches(path, FeatureSpec(), n)))
+    return batch.dense, batch.sparse
+
+
+def publish_version(model_dir: str, root: str, version: int, break_golden: bool = False) -> None:
+    """Copy a model directory in as `root/<version>` the way a deployment should: a hidden staging copy renamed
+    into place. `break_golden` makes a version whose self-check must fail (every model_meta.json in the copy:
+    its top level and serving_server/)."""
+    staging = os.path.join(root, f".staging-{version}")
+    shutil.copytree(model_dir, staging)
+    if break_golden:
+        for meta_path in (os.path.join(staging, META_FILE), os.path.join(staging, "serving_server", META_FILE)):
+            if not os.path.isfile(meta_path):
+                continue
+            with open(meta_path) as f:
+                meta = json.load(f)
+            meta["golden"]["prob"] = [p + 0.1 for p in meta["golden"]["prob"]]
+            with open(meta_path, "w") as f:
+                json.dump(meta, f)
+    os.rename(staging, os.path.join(root, str(version)))
 
 
 def proto_request(dense: np.ndarray, sparse: np.ndarray, log_id: int = 0, **dense_overrides) -> "P.Request":

@@ -15,19 +15,17 @@ import numpy as np
 import pytest
 import requests
 
-from ctrkit.data import FeatureSpec, iter_batches
 from ctrkit.inference import PredictorOptions, create_predictor
 from serving.rpc import protocol as P
 from serving.rpc.client import ServingClient, read_feed_layout
-from rpc_helpers import REPO_ROOT, RpcServer, grpc_call, json_request, proto_request, wait_until
+from rpc_helpers import REPO_ROOT, RpcServer, grpc_call, json_request, proto_request, slot_rows, wait_until
 
 URL_PATH = "/GeneralModelService/inference"
 
 
 @pytest.fixture(scope="module")
 def rows(slot_sample):
-    batch = next(iter(iter_batches(slot_sample, FeatureSpec(), 1000)))
-    return batch.dense, batch.sparse
+    return slot_rows(slot_sample, 1000)
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,11 @@ import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ctrkit.data import FeatureSpec, iter_batches
 from ctrkit.inference import PredictorOptions, create_predictor
 from serving.rpc import protocol as P
 from serving.rpc.client import ServingClient, ServingError, read_feed_layout
 from rpc_helpers import (REPO_ROOT, RpcServer, grpc_call, json_request, proto_request, run_in_threads,
-                         wait_until)
+                         slot_rows, wait_until)
 
 MAX_BATCH = 64  # the server's --max_batch_size in this module
 PROTO = {"Content-Type": "application/proto"}
@@ -30,8 +29,7 @@ PROTO = {"Content-Type": "application/proto"}
 
 @pytest.fixture(scope="module")
 def rows(slot_sample):
-    batch = next(iter(iter_batches(slot_sample, FeatureSpec(), 1000)))
-    return batch.dense, batch.sparse
+    return slot_rows(slot_sample, 1000)
 
 
 @pytest.fixture(scope="module")

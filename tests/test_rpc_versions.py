@@ -2,7 +2,6 @@
 old one keeps serving, a refused version retried once its files change (SIGHUP)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -12,10 +11,9 @@ import numpy as np
 import pytest
 import requests
 
-from ctrkit.data import FeatureSpec, iter_batches
-from ctrkit.inference import META_FILE, PredictorOptions, create_predictor
+from ctrkit.inference import PredictorOptions, create_predictor
 from serving.rpc.client import ServingClient, ServingError, read_feed_layout
-from rpc_helpers import RpcServer, wait_until
+from rpc_helpers import RpcServer, publish_version, slot_rows, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -26,23 +24,12 @@ def models(exported_deepfm, export_model_dir):
 
 @pytest.fixture(scope="module")
 def rows(slot_sample):
-    batch = next(iter(iter_batches(slot_sample, FeatureSpec(), 8)))
-    return batch.dense, batch.sparse
+    return slot_rows(slot_sample, 8)
 
 
 def publish(export_dir: str, root: str, version: int, break_golden: bool = False) -> None:
-    """Copy an export's serving_server/ in as `root/<version>` the way a deployment should: a hidden staging
-    copy renamed into place. `break_golden` makes a version whose self-check must fail."""
-    staging = os.path.join(root, f".staging-{version}")
-    shutil.copytree(os.path.join(export_dir, "serving_server"), staging)
-    if break_golden:
-        meta_path = os.path.join(staging, META_FILE)
-        with open(meta_path) as f:
-            meta = json.load(f)
-        meta["golden"]["prob"] = [p + 0.1 for p in meta["golden"]["prob"]]
-        with open(meta_path, "w") as f:
-            json.dump(meta, f)
-    os.rename(staging, os.path.join(root, str(version)))
+    """Publish an export's serving_server/ as version `version` (see rpc_helpers.publish_version)."""
+    publish_version(os.path.join(export_dir, "serving_server"), root, version, break_golden)
 
 
 def versions(server: RpcServer) -> dict:

@@ -4,39 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import shutil
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from ctrkit.data import FeatureSpec, iter_batches
-from ctrkit.inference import META_FILE, PredictorOptions, create_predictor
+from ctrkit.inference import PredictorOptions, create_predictor
 from ctrkit.runtime import (ModelRuntime, NotReadyError, RuntimeInputError, RuntimeOptions, add_runtime_flags,
                             options_from_args)
 from ctrkit.runtime.options import BatchingOptions
+from rpc_helpers import publish_version, slot_rows
 
 
 @pytest.fixture(scope="module")
 def rows(slot_sample):
-    batch = next(iter(iter_batches(slot_sample, FeatureSpec(), 1000)))
-    return {"dense_input": batch.dense, "sparse_inputs": batch.sparse}
-
-
-def publish(export_dir: str, root, version: int, break_golden: bool = False) -> None:
-    staging = os.path.join(root, f".staging-{version}")
-    shutil.copytree(export_dir, staging)
-    if break_golden:
-        for meta_path in (os.path.join(staging, META_FILE), os.path.join(staging, "serving_server", META_FILE)):
-            with open(meta_path) as f:
-                meta = json.load(f)
-            meta["golden"]["prob"] = [p + 0.1 for p in meta["golden"]["prob"]]
-            with open(meta_path, "w") as f:
-                json.dump(meta, f)
-    os.rename(staging, os.path.join(root, str(version)))
+    dense, sparse = slot_rows(slot_sample, 1000)
+    return {"dense_input": dense, "sparse_inputs": sparse}
 
 
 def test_backends_agree_and_are_checked(exported_deepfm, rows):
@@ -115,7 +99,7 @@ def test_hot_swap_under_load_fails_nothing(exported_deepfm, export_model_dir, ro
             for name, d in (("A", exported_deepfm), ("B", export_b))}
     root = tmp_path / "models"
     root.mkdir()
-    publish(exported_deepfm, root, 1)
+    publish_version(exported_deepfm, root, 1)
     runtime = ModelRuntime(str(root), RuntimeOptions(backend="onnxruntime", version_poll_s=0))
     assert runtime.start(watch=True) == 1
     stop = threading.Event()
@@ -136,10 +120,10 @@ def test_hot_swap_under_load_fails_nothing(exported_deepfm, export_model_dir, ro
     for t in threads:
         t.start()
     try:
-        publish(export_b, root, 2)
+        publish_version(export_b, root, 2)
         runtime.check_now()
         assert runtime.version == 2
-        publish(export_b, root, 3, break_golden=True)
+        publish_version(export_b, root, 3, break_golden=True)
         runtime.check_now()
         n = len(seen)
         deadline = time.monotonic() + 60
@@ -159,7 +143,7 @@ def test_hot_swap_under_load_fails_nothing(exported_deepfm, export_model_dir, ro
 def test_no_good_version_is_a_clear_error(exported_deepfm, tmp_path):
     root = tmp_path / "models"
     root.mkdir()
-    publish(exported_deepfm, root, 1, break_golden=True)
+    publish_version(exported_deepfm, root, 1, break_golden=True)
     runtime = ModelRuntime(str(root))
     with pytest.raises(RuntimeError, match="1: GoldenMismatchError"):
         runtime.start()

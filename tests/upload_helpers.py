@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import time
 import pytest
 import redis
 import requests
+
+from serving.supervisor import stop_process
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,14 +40,7 @@ def wait_http_ok(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> No
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 20) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    return stop_process(proc, timeout_s=timeout_s)
 
 
 def redis_server_binary() -> str:
