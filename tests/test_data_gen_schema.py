@@ -146,14 +146,7 @@ def test_trainer_reports_worker_errors_as_one_line(tmp_path, bad_line, reason):
     lines = path.read_text().splitlines()
     lines.insert(200, bad_line)
     path.write_text("\n".join(lines) + "\n")
-    result = subprocess.run([PY, os.path.join(REPO_ROOT, "tools", "trainer.py"), "-m", config, "-o",
-                             f"runner.train_data_dir={tmp_path / 'train'}", "runner.num_workers=1",
-                             f"runner.model_save_path={tmp_path / 'ckpt'}", "hyper_parameters.fc_sizes=[8]"],
-                            capture_output=True, text=True, cwd=REPO_ROOT)
-    assert result.returncode == 2, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {path}:201: {reason}"), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and "Blocking queue" not in result.stderr
+    assert_training_stops_with_one_error(config, tmp_path, f"error: {path}:201: {reason}")
 
 
 @pytest.mark.parametrize("fmt, corrupt, reason", [
@@ -169,11 +162,17 @@ def test_trainer_reports_criteo_worker_errors_as_one_line(tmp_path, fmt, corrupt
     lines[150] = corrupt(lines[150])
     path.write_text("\n".join(lines) + "\n")
     config = os.path.join(REPO_ROOT, "models", "rank", "deepfm", "config.yaml")
+    assert_training_stops_with_one_error(config, tmp_path, f"error: {path}:151: {reason}")
+
+
+def assert_training_stops_with_one_error(config: str, tmp_path, error: str) -> None:
+    """tools/trainer.py (one loader worker) on `tmp_path`/train exits 2 with exactly one `error:` line, which
+    starts with `error`, and no traceback."""
     result = subprocess.run([PY, os.path.join(REPO_ROOT, "tools", "trainer.py"), "-m", config, "-o",
                              f"runner.train_data_dir={tmp_path / 'train'}", "runner.num_workers=1",
                              f"runner.model_save_path={tmp_path / 'ckpt'}", "hyper_parameters.fc_sizes=[8]"],
                             capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {path}:151: {reason}"), result.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(error), result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "Blocking queue" not in result.stderr
