@@ -160,17 +160,28 @@ def parse_chunk(schema, chunk: Chunk):
 
 # --------------------------------------------------------------------------------------------------- predicting
 
+def batch_inputs(contract) -> Callable[[Any], dict]:
+    """`inputs(batch) -> {input name: array}` for a served model's contract (its sparse and, when it has one,
+    dense input)."""
+    names = {spec.kind: spec.name for spec in contract.inputs}
+    dense, sparse = names.get("dense"), names.get("sparse")
+
+    def inputs(batch) -> dict:
+        named = {sparse: batch.sparse}
+        if dense is not None:
+            named[dense] = batch.dense
+        return named
+
+    return inputs
+
+
 def batch_predictor(runtime) -> Callable[[Any], np.ndarray]:
     """`predict(batch) -> float32 [B]` through a `ctrkit.runtime.ModelRuntime` (inputs named by the served
     model's contract: its dense and sparse inputs)."""
-    names = {spec.kind: spec.name for spec in runtime.contract.inputs}
-    dense, sparse = names.get("dense"), names.get("sparse")
+    inputs = batch_inputs(runtime.contract)
 
     def predict(batch) -> np.ndarray:
-        inputs = {sparse: batch.sparse}
-        if dense is not None:
-            inputs[dense] = batch.dense
-        return runtime.predict(inputs).probs
+        return runtime.predict(inputs(batch)).probs
 
     predict.backend = runtime.options.backend  # (score_chunks decides on a parse thread by it)
     return predict
@@ -292,11 +303,16 @@ def open_runtime(model_dir: str, options):
     from ctrkit.runtime import BatchingOptions, ModelRuntime
 
     options = replace(options, instances=1, batching=BatchingOptions(enabled=False), version_poll_s=0)
-    runtime = ModelRuntime(model_dir, options)
+    return start_runtime(ModelRuntime(model_dir, options), watch=False)
+
+
+def start_runtime(runtime, *, watch: bool):
+    """`runtime.start(watch=)`, its plain RuntimeError ("no version could be loaded (reasons)": a user error)
+    raised as InferenceError; returns the started runtime."""
     try:
-        runtime.start(watch=False)
+        runtime.start(watch=watch)
     except RuntimeError as exc:
-        if type(exc) is not RuntimeError:  # the runtime's "no version could be loaded (reasons)": a user error
+        if type(exc) is not RuntimeError:
             raise
         from ctrkit.inference import InferenceError
 

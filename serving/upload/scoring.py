@@ -19,7 +19,7 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from ctrkit.batch_predict import model_schema, pipeline_for, score_stream
+from ctrkit.batch_predict import batch_inputs, model_schema, pipeline_for, score_stream
 from ctrkit.data import DataFormatError
 from ctrkit.runtime import ModelRuntime, RuntimeInputError
 
@@ -114,14 +114,10 @@ class Scorer:
         with self.runtime.session() as model:  # one version for the whole upload
             timings.version, timings.model = model.version, model.exported.name
             sink = sink_for(model.exported.name)
-            names = {spec.kind: spec.name for spec in model.contract.inputs}
-            dense_name, sparse_name = names.get("dense"), names.get("sparse")
+            inputs = batch_inputs(model.contract)
 
             def predict(batch) -> np.ndarray:
-                inputs = {sparse_name: batch.sparse}
-                if dense_name is not None:
-                    inputs[dense_name] = batch.dense
-                return model.predict(inputs)
+                return model.predict(inputs(batch))
 
             scored = score_stream(stream, "upload", self._schema(model), predict, self.batch_size, tee=tee,
                                   pipeline=pipeline_for(model.backend))

@@ -38,6 +38,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
+from ctrkit.batch_predict import start_runtime
 from ctrkit.runtime import ModelRuntime
 from serving.upload.app import create_app
 from serving.upload.scoring import Scorer
@@ -112,16 +113,7 @@ def _guarded_maintenance(header_timeout_s: float):
 
 def build_runtime(settings: UploadSettings) -> ModelRuntime:
     """Load the highest good model version (golden-checked through the serving path) and watch for newer ones."""
-    runtime = ModelRuntime(settings.model, settings.runtime)
-    try:
-        runtime.start(watch=True)
-    except RuntimeError as exc:
-        if type(exc) is not RuntimeError:  # the runtime's "no version could be loaded (reasons)": a user error
-            raise
-        from ctrkit.inference import InferenceError
-
-        raise InferenceError(str(exc)) from None
-    return runtime
+    return start_runtime(ModelRuntime(settings.model, settings.runtime), watch=True)
 
 
 def build_app(settings: UploadSettings, runtime: ModelRuntime, draining: threading.Event):
