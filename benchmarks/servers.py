@@ -1,8 +1,10 @@
 """Start and watch the servers the serving benchmarks measure (serving.rpc, serving.oip, the echo server)."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -21,8 +23,25 @@ READY = {
 }
 
 
+LOAD_CLIENT = os.path.join(REPO, "benchmarks", "load_client.py")
+
+
 class BenchError(RuntimeError):
     pass
+
+
+def client_run(target: str, address: str, model: str, concurrency: int, duration: float, batch: int = 1,
+               warmup: int = 50, qps: float = 0.0) -> dict:
+    """One benchmarks/load_client.py run against `address` (closed loop, or paced to `qps` requests/s in all);
+    its JSON summary."""
+    cmd = [sys.executable, LOAD_CLIENT, "--target", target, "--address", address, "--model_dir", model,
+           "--concurrency", str(concurrency), "--duration", str(duration), "--batch", str(batch),
+           "--warmup", str(warmup), "--qps", str(qps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=duration + 600)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise BenchError(f"load client failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
 
 
 def server_command(kind: str, model: str, backend: str, flags: list[str]) -> list[str]:

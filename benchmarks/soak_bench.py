@@ -17,28 +17,20 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import REPO, BenchError, Server, load_average  # noqa: E402
+from servers import REPO, BenchError, Server, client_run, load_average  # noqa: E402
 
-LOAD_CLIENT = os.path.join(REPO, "benchmarks", "load_client.py")
 TARGET = {("rpc", "grpc"): "rpc_grpc", ("rpc", "http"): "rpc_http_proto", ("oip", "grpc"): "oip_grpc",
           ("oip", "http"): "oip_http"}
 MAX_RSS_MB, MAX_GROWTH = 450.0, 0.05
 
 
 def paced_load(server: Server, target: str, model: str, seconds: float, qps: float, concurrency: int) -> dict:
-    cmd = [sys.executable, LOAD_CLIENT, "--target", target, "--address", server.address(target), "--model_dir",
-           model, "--concurrency", str(concurrency), "--duration", str(seconds), "--qps", str(qps), "--warmup", "0"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=seconds + 600)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise BenchError(f"load client failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    return client_run(target, server.address(target), model, concurrency, seconds, warmup=0, qps=qps)
 
 
 def main(argv: list[str] | None = None) -> int:

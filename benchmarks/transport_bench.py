@@ -28,29 +28,15 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import REPO, BenchError, Server, load_average  # noqa: E402
+from servers import REPO, BenchError, Server, client_run, load_average  # noqa: E402
 
-LOAD_CLIENT = os.path.join(REPO, "benchmarks", "load_client.py")
 TRANSPORTS = {"rpc": ("rpc_grpc", "rpc_http_proto"), "oip": ("oip_grpc", "oip_http")}
 ECHO_OF = {"rpc_grpc": "echo_grpc", "oip_grpc": "echo_grpc", "rpc_http_proto": "echo_http", "oip_http": "echo_http"}
 TARGETS = {"model_vs_ceiling": 0.80, "p99_ms": 5.0, "ceiling_vs_echo_grpc": 0.75, "worker_rss_mb": 450}
-
-
-def client_run(target: str, address: str, model: str, concurrency: int, duration: float, batch: int,
-               warmup: int, qps: float = 0.0) -> dict:
-    cmd = [sys.executable, LOAD_CLIENT, "--target", target, "--address", address, "--model_dir", model,
-           "--concurrency", str(concurrency), "--duration", str(duration), "--batch", str(batch),
-           "--warmup", str(warmup), "--qps", str(qps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=duration + 600)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise BenchError(f"load client failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
 
 
 def measure(server: Server, target: str, model: str, args) -> dict:
