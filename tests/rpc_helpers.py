@@ -12,10 +12,11 @@ import time
 
 import grpc
 import numpy as np
+import pytest
 import requests
 
 from ctrkit.data import FeatureSpec, iter_batches
-from ctrkit.inference import META_FILE
+from ctrkit.inference import META_FILE, PredictorOptions, create_predictor
 from serving.rpc import protocol as P
 from serving.supervisor import ServerProcess
 
@@ -56,6 +57,18 @@ def slot_rows(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(dense, sparse) of the first `n` rows of a Criteo slot file."""
     batch = next(iter(iter_batches(path, FeatureSpec(), n)))
     return batch.dense, batch.sparse
+
+
+@pytest.fixture(scope="module")
+def rows(slot_sample):
+    """Fixture: (dense, sparse) of the first 1000 rows of the Criteo slot sample (import it into a test module)."""
+    return slot_rows(slot_sample, 1000)
+
+
+@pytest.fixture(scope="module")
+def local(exported_deepfm):
+    """Fixture: the in-process reference predictor of the exported DeepFM (import it into a test module)."""
+    return create_predictor(exported_deepfm, PredictorOptions())
 
 
 def publish_version(model_dir: str, root: str, version: int, break_golden: bool = False) -> None:

@@ -15,22 +15,12 @@ import numpy as np
 import pytest
 import requests
 
-from ctrkit.inference import PredictorOptions, create_predictor
 from serving.rpc import protocol as P
 from serving.rpc.client import ServingClient, read_feed_layout
-from rpc_helpers import REPO_ROOT, RpcServer, grpc_call, json_request, proto_request, slot_rows, wait_until
+from rpc_helpers import REPO_ROOT, RpcServer, grpc_call, json_request, proto_request
+from rpc_helpers import local, rows  # noqa: F401 (fixtures)
 
 URL_PATH = "/GeneralModelService/inference"
-
-
-@pytest.fixture(scope="module")
-def rows(slot_sample):
-    return slot_rows(slot_sample, 1000)
-
-
-@pytest.fixture(scope="module")
-def local(exported_deepfm):
-    return create_predictor(exported_deepfm, PredictorOptions())
 
 
 @pytest.fixture(scope="module")

@@ -17,24 +17,14 @@ import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ctrkit.inference import PredictorOptions, create_predictor
 from serving.rpc import protocol as P
 from serving.rpc.client import ServingClient, ServingError, read_feed_layout
 from rpc_helpers import (REPO_ROOT, RpcServer, grpc_call, json_request, proto_request, run_in_threads,
-                         slot_rows, wait_until)
+                         wait_until)
+from rpc_helpers import local, rows  # noqa: F401 (fixtures)
 
 MAX_BATCH = 64  # the server's --max_batch_size in this module
 PROTO = {"Content-Type": "application/proto"}
-
-
-@pytest.fixture(scope="module")
-def rows(slot_sample):
-    return slot_rows(slot_sample, 1000)
-
-
-@pytest.fixture(scope="module")
-def local(exported_deepfm):
-    return create_predictor(exported_deepfm, PredictorOptions())
 
 
 @pytest.fixture(scope="module")
