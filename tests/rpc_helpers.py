@@ -18,10 +18,12 @@ import requests
 from ctrkit.data import FeatureSpec, iter_batches
 from ctrkit.inference import META_FILE, PredictorOptions, create_predictor
 from serving.rpc import protocol as P
+from serving.rpc.client import ServingClient
 from serving.supervisor import ServerProcess
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY = re.compile(r"serving\.rpc ready: version (\d+) grpc [\d.]+:(\d+) http [\d.]+:(\d+)")
+MODES = ("rpc", "http_proto", "http")  # ServingClient's transports: gRPC, HTTP protobuf, HTTP JSON
 
 
 class RpcServer(ServerProcess):
@@ -39,6 +41,10 @@ class RpcServer(ServerProcess):
     def log(self) -> str:
         with open(self.log_path) as f:
             return f.read()
+
+    def client(self, layout, mode: str) -> ServingClient:
+        """A ServingClient with its own connection, over `mode` (one of MODES)."""
+        return ServingClient(layout, f"127.0.0.1:{self.grpc_port if mode == 'rpc' else self.http_port}", mode)
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)])

@@ -17,7 +17,7 @@ import requests
 
 from serving.rpc import protocol as P
 from serving.rpc.client import ServingClient, read_feed_layout
-from rpc_helpers import REPO_ROOT, RpcServer, grpc_call, json_request, proto_request
+from rpc_helpers import MODES, REPO_ROOT, RpcServer, grpc_call, json_request, proto_request
 from rpc_helpers import local, rows  # noqa: F401 (fixtures)
 
 URL_PATH = "/GeneralModelService/inference"
@@ -77,7 +77,7 @@ def test_per_field_feeds_equal_packed(server, exported_deepfm, rows, local, slot
     np.testing.assert_allclose(r.json()["outputs"][0]["tensor"][0]["float_data"], expected, atol=1e-6)
     layout = read_feed_layout(os.path.join(exported_deepfm, "serving_client"))
     assert not layout.packed and [v.alias for v in layout.sparse][:2] == ["C1", "C2"]
-    for mode in ("rpc", "http_proto", "http"):  # the client sends what the client config declares: per field
+    for mode in MODES:  # the client sends what the client config declares: per field
         port = server.grpc_port if mode == "rpc" else server.http_port
         c = ServingClient(layout, f"127.0.0.1:{port}", mode)
         np.testing.assert_allclose(c.predict(dense, sparse), expected, atol=1e-6)
@@ -235,8 +235,8 @@ def test_bad_requests_while_good_ones_flow(server, exported_deepfm, rows, local)
     failures: list[str] = []
 
     def load(i: int) -> None:
-        mode = ("rpc", "http_proto", "http")[i % 3]
-        c = ServingClient(layout, f"127.0.0.1:{server.grpc_port if mode == 'rpc' else server.http_port}", mode)
+        mode = MODES[i % 3]
+        c = server.client(layout, mode)
         while not stop.is_set():
             try:
                 got = c.predict(dense, sparse)

@@ -13,8 +13,8 @@ from ctrkit.export import export_model, generated_golden_rows
 from ctrkit.inference import PredictorOptions, create_predictor
 from ctrkit.schema import CategoricalField, FeatureSchema, LabelSpec, MultiValuedField, NumericField
 from ctrkit.zoo import build_model
-from serving.rpc.client import ServingClient, read_feed_layout
-from rpc_helpers import RpcServer
+from serving.rpc.client import read_feed_layout
+from rpc_helpers import MODES, RpcServer
 
 IDS = 5000
 SCHEMAS = {
@@ -55,8 +55,8 @@ def test_schema_feeds_over_every_transport(export, backend, tmp_path):
     assert [v.width for v in layout.sparse] == [f.width for f in schema.field_layout()]
     server = RpcServer(out, str(tmp_path / "server.log"), "--backend", backend)
     try:
-        for mode in ("rpc", "http_proto", "http"):
-            c = ServingClient(layout, f"127.0.0.1:{server.grpc_port if mode == 'rpc' else server.http_port}", mode)
+        for mode in MODES:
+            c = server.client(layout, mode)
             np.testing.assert_allclose(c.predict(dense, sparse), expected, atol=1e-5, err_msg=mode)
             c.close()
     finally:

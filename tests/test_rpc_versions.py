@@ -13,7 +13,7 @@ import requests
 
 from ctrkit.inference import PredictorOptions, create_predictor
 from serving.rpc.client import ServingClient, ServingError, read_feed_layout
-from rpc_helpers import RpcServer, publish_version, slot_rows, wait_until
+from rpc_helpers import MODES, RpcServer, publish_version, slot_rows, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def test_hot_swap_under_load_fails_no_request(models, rows, tmp_path):
     failures: list[str] = []
 
     def load(worker: int) -> None:
-        mode = ("rpc", "http_proto", "http")[worker % 3]
-        c = ServingClient(layout, f"127.0.0.1:{server.grpc_port if mode == 'rpc' else server.http_port}", mode)
+        mode = MODES[worker % 3]
+        c = server.client(layout, mode)
         while not stop.is_set():
             try:
                 got = c.predict(dense, sparse)

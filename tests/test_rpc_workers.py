@@ -12,8 +12,8 @@ import requests
 
 from ctrkit.data import FeatureSpec, iter_batches
 from ctrkit.inference import PredictorOptions, create_predictor
-from serving.rpc.client import ServingClient, ServingError, read_feed_layout
-from rpc_helpers import RpcServer, run_in_threads
+from serving.rpc.client import ServingError, read_feed_layout
+from rpc_helpers import MODES, RpcServer, run_in_threads
 
 
 def test_workers_share_the_ports_and_stop_together(exported_deepfm, slot_sample, tmp_path):
@@ -25,8 +25,8 @@ def test_workers_share_the_ports_and_stop_together(exported_deepfm, slot_sample,
     failures: list[str] = []
 
     def work(i: int) -> None:  # every client its own connection, so the kernel can spread them
-        mode = ("rpc", "http_proto", "http")[i % 3]
-        c = ServingClient(layout, f"127.0.0.1:{server.grpc_port if mode == 'rpc' else server.http_port}", mode)
+        mode = MODES[i % 3]
+        c = server.client(layout, mode)
         for start in range(0, 80, 8):
             try:
                 got = c.predict(batch.dense[start:start + 8], batch.sparse[start:start + 8])
@@ -64,10 +64,9 @@ def test_a_dead_worker_is_restarted_and_clients_carry_on(exported_deepfm, slot_s
             time.sleep(0.2)
         after = sorted(c.pid for c in supervisor.children())
         assert "worker restarted" in server.log() and len(after) == 2 and before[0] not in after, server.log()
-        for mode in ("rpc", "http_proto", "http"):  # fresh connections reach either worker
+        for mode in MODES:  # fresh connections reach either worker
             for _ in range(4):
-                c = ServingClient(layout, f"127.0.0.1:{server.grpc_port if mode == 'rpc' else server.http_port}",
-                                  mode)
+                c = server.client(layout, mode)
                 np.testing.assert_allclose(c.predict(batch.dense, batch.sparse), expected, atol=1e-5)
                 c.close()
     finally:
