@@ -7,7 +7,7 @@ benchmark's ceiling), golden checks, one dynamic batcher, one metrics registry, 
 model's model_meta.json); output float32 [B].
 """
 from ctrkit.runtime.backends import InstancePool, load_backend
-from ctrkit.runtime.batching import DirectRunner, DynamicBatcher
+from ctrkit.runtime.batching import Arrivals, DirectRunner, DynamicBatcher, LoopBatcher, loop_arrivals
 from ctrkit.runtime.contract import FieldSlice, InputSpec, ModelContract, RuntimeInputError, contract_of
 from ctrkit.runtime.metrics import MULTIPROC_ENV, RuntimeMetrics
 from ctrkit.runtime.options import (BACKENDS, BatchingOptions, RuntimeOptions, add_runtime_flags,
@@ -15,8 +15,9 @@ from ctrkit.runtime.options import (BACKENDS, BatchingOptions, RuntimeOptions, a
 from ctrkit.runtime.runtime import LoadedModel, ModelRuntime, Prediction, resolve_model_dir
 from ctrkit.runtime.versions import NotReadyError, VersionManager, is_model_dir, list_versions
 
-__all__ = ["BACKENDS", "BatchingOptions", "DirectRunner", "DynamicBatcher", "FieldSlice", "InputSpec",
+__all__ = ["Arrivals", "BACKENDS", "BatchingOptions", "DirectRunner", "DynamicBatcher", "FieldSlice", "InputSpec",
            "InstancePool", "LoadedModel", "ModelContract", "ModelRuntime", "MULTIPROC_ENV", "NotReadyError",
            "Prediction", "RuntimeInputError", "RuntimeMetrics", "RuntimeOptions", "VersionManager",
-           "add_runtime_flags", "contract_of", "is_model_dir", "list_versions", "load_backend",
+           "add_runtime_flags", "contract_of", "is_model_dir", "list_versions", "load_backend", "loop_arrivals",
+           "LoopBatcher",
            "options_from_args", "predictor_options_from_args", "resolve_model_dir", "str2bool"]

@@ -56,10 +56,12 @@ class BatchingOptions:
     window_ms: float = 0.0          # extra wait to gather more requests; 0 = merge only what is already queued
     max_samples: int = 1024         # largest merged predictor batch
     max_request_batch: int = 4096   # larger requests are refused (RuntimeInputError kind "too_large")
+    join_us: float = 300.0          # asyncio front-ends: wait up to this for requests known to be arriving; 0 = off
 
     def __post_init__(self) -> None:
-        if self.window_ms < 0 or self.max_samples < 1 or self.max_request_batch < 1:
-            raise ValueError("batching needs window_ms >= 0, max_samples >= 1 and max_request_batch >= 1")
+        if self.window_ms < 0 or self.max_samples < 1 or self.max_request_batch < 1 or self.join_us < 0:
+            raise ValueError("batching needs window_ms >= 0, join_us >= 0, max_samples >= 1 and "
+                             "max_request_batch >= 1")
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,9 @@ def add_runtime_flags(parser: argparse.ArgumentParser, serving: bool = True, cpu
                        help="dynamic batching: merge concurrent requests into one model call")
         g.add_argument("--batch_window_ms", type=float, default=0.0, help="extra time to wait for requests to merge "
                        "(0: merge only what is already queued, adding no latency)")
+        g.add_argument("--batch_join_us", type=float, default=300.0, help="asyncio front-ends: when requests are "
+                       "known to be arriving (e.g. gRPC messages being received), a model call waits up to this many "
+                       "microseconds for them to join its batch (0: off; an idle server never waits)")
         g.add_argument("--batch_max_samples", type=int, default=1024, help="largest merged model batch")
         g.add_argument("--max_batch_size", type=int, default=4096, help="largest batch one request may carry")
         g.add_argument("--version_poll_s", type=float, default=5.0, help="how often to look for a new model "
@@ -198,8 +203,9 @@ def options_from_args(args: argparse.Namespace) -> RuntimeOptions:
         for name in ("batch_max_samples", "max_batch_size"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-        if args.batch_window_ms < 0 or args.version_poll_s < 0:
-            raise ValueError("--batch_window_ms and --version_poll_s must be >= 0")
-        batching = BatchingOptions(args.batching, args.batch_window_ms, args.batch_max_samples, args.max_batch_size)
+        if args.batch_window_ms < 0 or args.version_poll_s < 0 or args.batch_join_us < 0:
+            raise ValueError("--batch_window_ms, --batch_join_us and --version_poll_s must be >= 0")
+        batching = BatchingOptions(args.batching, args.batch_window_ms, args.batch_max_samples, args.max_batch_size,
+                                   args.batch_join_us)
         extra = dict(instances=args.predictors, version_poll_s=args.version_poll_s)
     return RuntimeOptions(backend=args.backend, predictor=predictor, batching=batching, **extra)

@@ -108,7 +108,7 @@ class LoadedModel:
             b = self.options.batching
             batcher = self._loop_batchers[loop] = LoopBatcher(
                 self._pool, loop, b.window_ms / 1000.0 if b.enabled else 0.0, b.max_samples,
-                self.metrics.model_samples.observe, merge=b.enabled)
+                self.metrics.model_samples.observe, merge=b.enabled, join_s=b.join_us / 1e6)
         try:
             out = await batcher.submit(arrays)
         except Exception:

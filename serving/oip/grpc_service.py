@@ -11,8 +11,10 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ctrkit.runtime import loop_arrivals
 from serving.oip import protocol as P
 from serving.oip.protocol import OipError
+from serving.rpc.grpc_transport import ArrivalInterceptor
 
 log = logging.getLogger("serving.oip")
 
@@ -64,6 +66,8 @@ def _wrap(server, method: str, fn):
     is_async = method == "ModelInfer"
 
     async def call(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if is_async:
+            loop_arrivals().arrived()  # announced by ArrivalInterceptor: decoded and queued in this step
         try:
             request = P.decode_grpc_message(request_type, body)
             answer = await fn(request, context) if is_async else fn(request, context)
@@ -91,7 +95,10 @@ class GrpcFrontEnd:
         options = [("grpc.so_reuseport", int(reuse_port)),
                    ("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
-        self.grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
+        # ModelInfer calls are announced to the runtime's loop batcher as they start (--batch_join_us)
+        join = server.model.runtime.options.batching.join_us
+        self.grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs,
+                                    interceptors=[ArrivalInterceptor({f"/{P.SERVICE}/ModelInfer"})] if join else [])
         methods = {name: grpc.unary_unary_rpc_method_handler(_wrap(server, name, fn))
                    for name, fn in _handlers(server).items()}
         self.grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(P.SERVICE, methods),))
