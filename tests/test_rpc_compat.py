@@ -15,8 +15,9 @@ import sys
 import numpy as np
 import pytest
 
+from ctrkit import serving_config
 from ctrkit.data import FeatureSpec, iter_batches
-from ctrkit.inference import PredictorOptions, create_predictor
+from ctrkit.inference import PredictorOptions, create_predictor, load_exported_model
 from serving.rpc import protocol as P
 from rpc_helpers import REPO_ROOT, RpcServer
 
@@ -99,7 +100,20 @@ def _run(code: str, *args: str) -> subprocess.CompletedProcess:
                           cwd=REPO_ROOT)
 
 
-def test_real_client_in_all_three_modes(client_root, exported_deepfm, slot_sample, tmp_path):
+def _packed_client_config(model_dir: str, directory: str) -> str:
+    """The client config of earlier exports: the model's own two inputs, `dense_input` and `sparse_inputs`."""
+    meta = load_exported_model(model_dir).meta
+    config = serving_config.build_config(meta["inputs"], [meta["output"]])
+    text_path, _ = serving_config.write_config(config, directory, "serving_client_conf")
+    return text_path
+
+
+@pytest.mark.parametrize("feeds", ["per_field", "packed"])
+def test_real_client_in_all_three_modes(client_root, exported_deepfm, slot_sample, tmp_path, feeds):
+    if feeds == "per_field":  # the export's own client config: dense_input + C1..C26, as PaddleRec's
+        client_config = os.path.join(exported_deepfm, "serving_client", "serving_client_conf.prototxt")
+    else:  # today's clients of earlier exports keep working
+        client_config = _packed_client_config(exported_deepfm, str(tmp_path / "packed_client"))
     batch = next(iter(iter_batches(slot_sample, FeatureSpec(), 1000)))
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, dense=batch.dense, sparse=batch.sparse)
@@ -108,9 +122,7 @@ def test_real_client_in_all_three_modes(client_root, exported_deepfm, slot_sampl
     try:
         endpoints = {"grpc": f"127.0.0.1:{server.grpc_port}", "http_json": f"127.0.0.1:{server.http_port}",
                      "http_proto": f"127.0.0.1:{server.http_port}"}
-        proc = _run(DRIVER, client_root,
-                    os.path.join(exported_deepfm, "serving_client", "serving_client_conf.prototxt"),
-                    json.dumps(endpoints), str(inputs))
+        proc = _run(DRIVER, client_root, client_config, json.dumps(endpoints), str(inputs))
         assert proc.returncode == 0, proc.stderr.decode()[-3000:]
         results = json.loads(proc.stdout.decode().strip().splitlines()[-1])
         answered = server.metric("ctrkit_rpc_requests_total", 'err_no="0"')
