@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import psutil
 
@@ -114,11 +113,3 @@ class Server(ServerProcess):
 
 def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
-
-
-def wait_quiet(max_load: float, timeout_s: float) -> float:
-    """Wait (up to timeout_s) until the 1-minute load average is at most max_load; returns it."""
-    deadline = time.monotonic() + timeout_s
-    while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
-        time.sleep(5)
-    return round(os.getloadavg()[0], 2)

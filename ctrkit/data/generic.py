@@ -97,11 +97,6 @@ def _describe_columns(columns: tuple[str, ...], limit: int = 6) -> str:
 
 # --------------------------------------------------------------------------------------------- format lock
 
-def describe_layout(layout: Layout) -> str:
-    name = _FORMAT_NAMES.get(layout.fmt, layout.fmt)
-    return f"{name} {'with' if layout.labeled else 'without'} labels"
-
-
 def _split_delimited(text: str, fmt: str) -> list[str]:
     if fmt == "csv" and '"' in text:
         try:

@@ -76,44 +76,11 @@ class InferenceService:
     def draining(self) -> bool:
         return self.runtime.draining
 
-    # ------------------------------------------------------------------------------------------ sync
-    def answer(self, transport: str, body: bytes, decode: Callable[[bytes], InferenceRequest],
-               encode: Callable[[Outputs], bytes]) -> tuple[bytes, int]:
-        """(encoded answer, model version); RequestError for anything but success (gRPC threads)."""
-        start = time.perf_counter()
-        err_no = 0
-        cost = self.budget.cost(len(body), False)
-        reserved = False
-        self._enter()
-        request = None
-        try:
-            if self.runtime.draining:
-                raise RequestError(P.UNAVAILABLE, "server is shutting down; retry on another replica")
-            reserved = self.budget.acquire(cost, self.budget_wait_s)
-            if not reserved:
-                raise _busy(len(body), self.budget.limit)
-            request = decode(body)
-            with self.runtime.session() as model:
-                feeds = feed_map(model)
-                inputs, per_field = feeds.inputs(request, self.max_batch)
-                fetch = feeds.fetch_names(request.fetch_var_names)
-                t1 = time.time()
-                prob = self._predict(model, feeds, inputs, per_field)
-                return encode(_outputs(request, feeds, fetch, prob, t1)), model.version
-        except BaseException as e:
-            err_no, error = self._error(e, transport, request)
-            raise error from None
-        finally:
-            if reserved:
-                self.budget.release(cost)
-            self.metrics.count(transport, err_no, time.perf_counter() - start)
-            self._leave()
-
-    # ----------------------------------------------------------------------------------------- async
     async def answer_async(self, transport: str, body: bytes, decode: Callable[[bytes], InferenceRequest],
                            encode: Callable[[Outputs], bytes], reserve: bool = False) -> tuple[bytes, int]:
-        """answer() for the asyncio front-ends (gRPC, HTTP); `reserve`: take the body's share of the decode
-        budget here (HTTP reserves it before reading the body)."""
+        """(encoded answer, model version) for the asyncio front-ends (gRPC, HTTP); RequestError for anything but
+        success. `reserve`: take the body's share of the decode budget here (HTTP reserves it before reading the
+        body)."""
         start = time.perf_counter()
         err_no = 0
         self._enter()
@@ -149,13 +116,6 @@ class InferenceService:
             self._leave()
 
     # --------------------------------------------------------------------------------------- helpers
-    @staticmethod
-    def _predict(model, feeds: FeedMap, inputs: dict, per_field: bool):
-        try:
-            return model.predict(inputs)
-        except RuntimeInputError as e:
-            raise _input_error(e, feeds, per_field) from None
-
     def _error(self, e: BaseException, transport: str, request) -> tuple[int, RequestError]:
         if isinstance(e, RequestError):
             error = e
