@@ -28,6 +28,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +108,8 @@ for _ in range({runs}):
     p.predict(d, s)
 del p
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
+    with tempfile.TemporaryDirectory() as scratch:  # Paddle's profiler writes profile.log into the working directory
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=scratch)
     counts = {}
     for line in (proc.stdout + proc.stderr).splitlines():
         match = re.match(r"^(pd_op\.\w+)\s+(\d+)\s", line)
