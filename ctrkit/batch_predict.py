@@ -303,20 +303,8 @@ def open_runtime(model_dir: str, options):
     from ctrkit.runtime import BatchingOptions, ModelRuntime
 
     options = replace(options, instances=1, batching=BatchingOptions(enabled=False), version_poll_s=0)
-    return start_runtime(ModelRuntime(model_dir, options), watch=False)
-
-
-def start_runtime(runtime, *, watch: bool):
-    """`runtime.start(watch=)`, its plain RuntimeError ("no version could be loaded (reasons)": a user error)
-    raised as InferenceError; returns the started runtime."""
-    try:
-        runtime.start(watch=watch)
-    except RuntimeError as exc:
-        if type(exc) is not RuntimeError:
-            raise
-        from ctrkit.inference import InferenceError
-
-        raise InferenceError(str(exc)) from None
+    runtime = ModelRuntime(model_dir, options)
+    runtime.start(watch=False)  # ctrkit.runtime.ModelLoadError (an InferenceError) when the model cannot load
     return runtime
 
 

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from ctrkit.inference import PredictorOptions, create_predictor
-from ctrkit.runtime import (ModelRuntime, NotReadyError, RuntimeInputError, RuntimeOptions, add_runtime_flags,
+from ctrkit.inference import InferenceError, PredictorOptions, create_predictor
+from ctrkit.runtime import (ModelLoadError, ModelRuntime, NotReadyError, RuntimeInputError, RuntimeOptions, add_runtime_flags,
                             options_from_args)
 from ctrkit.runtime.options import BatchingOptions
 from rpc_helpers import publish_version, slot_rows
@@ -145,9 +145,14 @@ def test_no_good_version_is_a_clear_error(exported_deepfm, tmp_path):
     root.mkdir()
     publish_version(exported_deepfm, root, 1, break_golden=True)
     runtime = ModelRuntime(str(root))
-    with pytest.raises(RuntimeError, match="1: GoldenMismatchError"):
+    with pytest.raises(ModelLoadError, match="1: GoldenMismatchError"):
         runtime.start()
     assert not runtime.ready
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="neither an exported model"):
+        ModelRuntime(str(empty)).start()
+    assert issubclass(ModelLoadError, InferenceError)  # what every entry point reports as one line
 
 
 def parse(*argv: str):

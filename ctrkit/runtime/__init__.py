@@ -13,10 +13,10 @@ from ctrkit.runtime.metrics import MULTIPROC_ENV, RuntimeMetrics
 from ctrkit.runtime.options import (BACKENDS, BatchingOptions, RuntimeOptions, add_runtime_flags,
                                     options_from_args, predictor_options_from_args, str2bool)
 from ctrkit.runtime.runtime import LoadedModel, ModelRuntime, Prediction, resolve_model_dir
-from ctrkit.runtime.versions import NotReadyError, VersionManager, is_model_dir, list_versions
+from ctrkit.runtime.versions import ModelLoadError, NotReadyError, VersionManager, is_model_dir, list_versions
 
 __all__ = ["Arrivals", "BACKENDS", "BatchingOptions", "DirectRunner", "DynamicBatcher", "FieldSlice", "InputSpec",
-           "InstancePool", "LoadedModel", "ModelContract", "ModelRuntime", "MULTIPROC_ENV", "NotReadyError",
+           "InstancePool", "LoadedModel", "ModelContract", "ModelRuntime", "MULTIPROC_ENV", "ModelLoadError", "NotReadyError",
            "Prediction", "RuntimeInputError", "RuntimeMetrics", "RuntimeOptions", "VersionManager",
            "add_runtime_flags", "contract_of", "is_model_dir", "list_versions", "load_backend", "loop_arrivals",
            "LoopBatcher",

@@ -1,7 +1,7 @@
 """`ModelRuntime`: the protocol-free model runtime every front-end serves through.
 
     runtime = ModelRuntime("models/deepfm", RuntimeOptions(backend="onnxruntime"))
-    runtime.start()                       # loads the highest good version (RuntimeError when none loads)
+    runtime.start()                       # loads the highest good version (ModelLoadError when none loads)
     out = runtime.predict({"dense_input": dense, "sparse_inputs": sparse})   # Prediction(probs [B], version)
     runtime.drain(); runtime.wait_idle(30); runtime.close()
 
@@ -175,7 +175,7 @@ class ModelRuntime:
             self.metrics.model_version.set(version)
 
     def start(self, watch: bool = True) -> int:
-        """Load the highest version that passes its checks (RuntimeError naming every failure when none does),
+        """Load the highest version that passes its checks (ModelLoadError naming every failure when none does),
         then watch for newer ones every `options.version_poll_s` (0: only on `reload()`)."""
         version = self.versions.load_initial()
         self.metrics.ready.set(1)

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from ctrkit.inference import META_FILE
+from ctrkit.inference import META_FILE, InferenceError
 from ctrkit.serving_config import SERVER_DIR
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,11 @@ UNVERSIONED = 0
 
 class NotReadyError(RuntimeError):
     """No model version is loaded (not started yet, none passed its checks, or shutting down)."""
+
+
+class ModelLoadError(InferenceError):
+    """No version of the model directory could be loaded at start (each version's reason in the message): a
+    user error (wrong path, a model that fails its golden check), reported as one line by every entry point."""
 
 
 class Servable(Protocol):
@@ -130,15 +135,15 @@ class VersionManager:
 
     # ------------------------------------------------------------------------------------ loading
     def load_initial(self) -> int:
-        """Serve the highest version that loads; raise RuntimeError when none does."""
+        """Serve the highest version that loads; raise ModelLoadError when none does."""
         versions = list_versions(self.root)
         if not versions:
-            raise RuntimeError(f"{self.root} holds neither an exported model ({META_FILE}) nor numbered "
+            raise ModelLoadError(f"{self.root} holds neither an exported model ({META_FILE}) nor numbered "
                                "version directories (1/, 2/, ...) of them")
         for version in sorted(versions, reverse=True):
             if self._try_load(version, versions[version]):
                 return version
-        raise RuntimeError(f"no version under {self.root} could be loaded: "
+        raise ModelLoadError(f"no version under {self.root} could be loaded: "
                            + "; ".join(f"{v}: {self._errors[v]}" for v in sorted(self._errors)))
 
     def check_now(self) -> None:

@@ -38,7 +38,6 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
-from ctrkit.batch_predict import start_runtime
 from ctrkit.runtime import ModelRuntime
 from serving.upload.app import create_app
 from serving.upload.scoring import Scorer
@@ -113,7 +112,9 @@ def _guarded_maintenance(header_timeout_s: float):
 
 def build_runtime(settings: UploadSettings) -> ModelRuntime:
     """Load the highest good model version (golden-checked through the serving path) and watch for newer ones."""
-    return start_runtime(ModelRuntime(settings.model, settings.runtime), watch=True)
+    runtime = ModelRuntime(settings.model, settings.runtime)
+    runtime.start(watch=True)
+    return runtime
 
 
 def build_app(settings: UploadSettings, runtime: ModelRuntime, draining: threading.Event):
