@@ -20,6 +20,7 @@ from prometheus_client import Counter, Histogram
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ctrkit.runtime import ModelRuntime, NotReadyError
+from serving.upload.multipart import UploadRequest
 from serving.upload.saving import UploadSaver
 from serving.upload.scoring import AllPredictions, RawJSON, Scorer, TopK, UploadInputError
 from serving.upload.settings import MIB, parse_bool
@@ -145,6 +146,7 @@ def create_app(runtime: ModelRuntime, scorer: Scorer, store: ResultStore, *, upl
     requests already begun are still served."""
     draining = draining or threading.Event()
     app = Flask(__name__)
+    app.request_class = UploadRequest  # multipart bodies: a fast path for the common form (multipart.py)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     app.json.sort_keys = False
     app.json.compact = True
