@@ -164,8 +164,9 @@ def main() -> int:
     options = runtime_options(args)
     paths = data_files(args.data_dir)
     model = load_model(args)
-    from ctrkit.batch_predict import default_workers, predict_files
+    from ctrkit.batch_predict import default_workers, keep_freed_memory, predict_files
 
+    keep_freed_memory()  # (the upload service does the same: one lines -> predictions path, one allocator setting)
     workers = default_workers(paths, options.predictor) if args.num_workers is None else args.num_workers
     record = predict_files(model.directory, options, paths, args.batchsize, workers, args.output)
     print(summary(record, args.benchmark))

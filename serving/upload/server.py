@@ -38,6 +38,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
+from ctrkit.batch_predict import keep_freed_memory
 from ctrkit.runtime import ModelRuntime
 from serving.upload.app import create_app
 from serving.upload.scoring import Scorer
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 MAINTENANCE_INTERVAL_S = 1.0  # how often connections are checked for header and idle timeouts
 RECV_BYTES = 256 * 1024       # bytes read from a connection per turn of waitress's loop
 DRAIN_GRACE_S = 0.5           # on SIGTERM, before deciding which connections have a request in flight
+COALESCE_BYTES = 256 * 1024   # answers up to this size leave in one send with their header
 
 
 class JsonErrorTask(ErrorTask):
@@ -78,6 +80,21 @@ class DrainAwareTask(WSGITask):
         if draining is not None and draining.is_set():
             self.set_close_on_finish()
         return super().build_response_header()
+
+    def write(self, data) -> None:
+        """The header and a small first body chunk go out in one send (waitress sends them separately: two
+        segments, and the client wakes up twice per answer)."""
+        if not self.wrote_header and data and self.complete and len(data) <= COALESCE_BYTES:
+            header = self.build_response_header()
+            self.wrote_header = True
+            if self.has_body and not self.chunked_response and (self.content_length is None
+                                                                 or len(data) <= self.content_length):
+                if self.content_length is not None:
+                    self.content_bytes_written += len(data)
+                self.channel.write_soon(header + data)
+                return
+            self.channel.write_soon(header)  # (anything unusual: waitress's own accounting below)
+        super().write(data)
 
 
 class GuardedChannel(HTTPChannel):
@@ -205,6 +222,7 @@ class Drain:
 
 def serve_one(settings: UploadSettings, reuse_port: bool = False) -> int:
     """One server process: runtime, app, waitress; until SIGTERM/SIGINT (drained). Returns the exit status."""
+    keep_freed_memory()  # memory freed after a request stays for the next (see ctrkit/batch_predict.py)
     runtime = build_runtime(settings)
     try:
         draining = threading.Event()
