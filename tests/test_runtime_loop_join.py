@@ -1,11 +1,12 @@
 """LoopBatcher's join window: a model call waits for requests announced as arriving (no wall-clock speed
 assumptions: the waits tested either end on an event or on a window far longer than any step)."""
+import argparse
 import asyncio
 import contextlib
 
 import numpy as np
 
-from ctrkit.runtime import Arrivals, BatchingOptions, LoopBatcher, loop_arrivals
+from ctrkit.runtime import Arrivals, BatchingOptions, LoopBatcher, add_runtime_flags, loop_arrivals, options_from_args
 
 
 class _Recorder:
@@ -91,7 +92,9 @@ def test_arrivals_per_loop_and_options():
     a = Arrivals()
     a.arrived()                                                   # never below zero
     assert a.pending == 0
-    assert BatchingOptions().join_us == 300.0
+    parser = argparse.ArgumentParser()
+    add_runtime_flags(parser)
+    assert options_from_args(parser.parse_args([])).batching.join_us == BatchingOptions().join_us > 0  # one default
     try:
         BatchingOptions(join_us=-1)
     except ValueError:

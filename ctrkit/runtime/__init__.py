@@ -12,12 +12,12 @@ from ctrkit.runtime.contract import FieldSlice, InputSpec, ModelContract, Runtim
 from ctrkit.runtime.metrics import MULTIPROC_ENV, RuntimeMetrics
 from ctrkit.runtime.options import (BACKENDS, BatchingOptions, RuntimeOptions, add_runtime_flags,
                                     options_from_args, predictor_options_from_args, str2bool)
-from ctrkit.runtime.runtime import LoadedModel, ModelRuntime, Prediction, resolve_model_dir
+from ctrkit.runtime.runtime import LoadedModel, ModelRuntime, Prediction, freeze_startup_heap, resolve_model_dir
 from ctrkit.runtime.versions import ModelLoadError, NotReadyError, VersionManager, is_model_dir, list_versions
 
-__all__ = ["Arrivals", "BACKENDS", "BatchingOptions", "DirectRunner", "DynamicBatcher", "FieldSlice", "InputSpec",
-           "InstancePool", "LoadedModel", "ModelContract", "ModelRuntime", "MULTIPROC_ENV", "ModelLoadError", "NotReadyError",
-           "Prediction", "RuntimeInputError", "RuntimeMetrics", "RuntimeOptions", "VersionManager",
-           "add_runtime_flags", "contract_of", "is_model_dir", "list_versions", "load_backend", "loop_arrivals",
-           "LoopBatcher",
-           "options_from_args", "predictor_options_from_args", "resolve_model_dir", "str2bool"]
+__all__ = ["add_runtime_flags", "Arrivals", "BACKENDS", "BatchingOptions", "contract_of", "DirectRunner",
+           "DynamicBatcher", "FieldSlice", "freeze_startup_heap", "InputSpec", "InstancePool", "is_model_dir",
+           "list_versions", "load_backend", "LoadedModel", "loop_arrivals", "LoopBatcher", "ModelContract",
+           "ModelLoadError", "ModelRuntime", "MULTIPROC_ENV", "NotReadyError", "options_from_args", "Prediction",
+           "predictor_options_from_args", "resolve_model_dir", "RuntimeInputError", "RuntimeMetrics", "RuntimeOptions",
+           "str2bool", "VersionManager"]

@@ -56,7 +56,7 @@ class BatchingOptions:
     window_ms: float = 0.0          # extra wait to gather more requests; 0 = merge only what is already queued
     max_samples: int = 1024         # largest merged predictor batch
     max_request_batch: int = 4096   # larger requests are refused (RuntimeInputError kind "too_large")
-    join_us: float = 300.0          # asyncio front-ends: wait up to this for requests known to be arriving; 0 = off
+    join_us: float = 1000.0         # asyncio front-ends: wait up to this for requests known to be arriving; 0 = off
 
     def __post_init__(self) -> None:
         if self.window_ms < 0 or self.max_samples < 1 or self.max_request_batch < 1 or self.join_us < 0:
@@ -157,7 +157,7 @@ def add_runtime_flags(parser: argparse.ArgumentParser, serving: bool = True, cpu
                        help="dynamic batching: merge concurrent requests into one model call")
         g.add_argument("--batch_window_ms", type=float, default=0.0, help="extra time to wait for requests to merge "
                        "(0: merge only what is already queued, adding no latency)")
-        g.add_argument("--batch_join_us", type=float, default=300.0, help="asyncio front-ends: when requests are "
+        g.add_argument("--batch_join_us", type=float, default=BatchingOptions.join_us, help="asyncio front-ends: when requests are "
                        "known to be arriving (e.g. gRPC messages being received), a model call waits up to this many "
                        "microseconds for them to join its batch (0: off; an idle server never waits)")
         g.add_argument("--batch_max_samples", type=int, default=1024, help="largest merged model batch")

@@ -49,11 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _runtime(args):
     """A started ctrkit.runtime.ModelRuntime for the flags (loads and checks the highest good version)."""
-    from ctrkit.runtime import ModelRuntime, options_from_args
+    from ctrkit.runtime import ModelRuntime, freeze_startup_heap, options_from_args
 
     options = options_from_args(args)
     runtime = ModelRuntime(args.model, options)
     runtime.start()
+    freeze_startup_heap()
     return runtime, options
 
 

@@ -19,7 +19,8 @@ import sys
 import time
 
 from ctrkit.inference import CapabilityError, InferenceError, check_capabilities
-from ctrkit.runtime import ModelRuntime, RuntimeMetrics, add_runtime_flags, options_from_args, str2bool
+from ctrkit.runtime import (ModelRuntime, RuntimeMetrics, add_runtime_flags, freeze_startup_heap, options_from_args,
+                            str2bool)
 
 from serving.rpc.grpc_transport import GrpcTransport
 from serving.rpc.http_app import HttpApp, HttpTransport
@@ -188,6 +189,7 @@ class Server:
         thread = threading.Thread(target=self.loop.run_forever, name="serving-loop", daemon=True)
         thread.start()
         version = self.runtime.start()
+        freeze_startup_heap()
         self._call(grpc_t.start())
         self._call(grpc_t.set_serving(True))
         signal.signal(signal.SIGTERM, self._request_stop)
