@@ -114,6 +114,9 @@ def uploaded_file(req: Request):
 
 def json_response(answer: dict) -> Response:
     """`answer` as a compact JSON body; values that are RawJSON go in as they are."""
+    if not any(isinstance(value, RawJSON) for value in answer.values()):
+        return Response(json.dumps(answer, separators=(",", ":")) + "\n", content_type="application/json")
+
     def encode(value) -> str:
         return value if isinstance(value, RawJSON) else json.dumps(value, separators=(",", ":"))
 
@@ -262,10 +265,12 @@ def create_app(runtime: ModelRuntime, scorer: Scorer, store: ResultStore, *, upl
         if params.debug:
             answer["debug"] = timings.as_dict(total_ms)
         metrics.lines.inc(count)
-        log.info("upload user=%s lines=%d re_model=%s full=%s version=%s %.1f ms", params.user_id, count,
-                 params.re_model, params.full, timings.version, total_ms)
         response = json_response(answer)
         response.headers["X-Model-Version"] = str(timings.version)
+        # the log line once the answer is on its way (the server closes the body after writing it)
+        response.call_on_close(lambda: log.info("upload user=%s lines=%d re_model=%s full=%s version=%s %.1f ms",
+                                                params.user_id, count, params.re_model, params.full,
+                                                timings.version, total_ms))
         return response
 
     @app.get("/result/<user_id>")
