@@ -628,9 +628,9 @@ def _trickler(port: int, stop: threading.Event) -> socket.socket:
     return conn
 
 
-def _trickle(conns: list[socket.socket], stop: threading.Event) -> None:
-    """One more header byte on every connection every 0.5 s (a 'byte every 20 s' attacker, sped up)."""
-    while not stop.wait(0.5):
+def _trickle(conns: list[socket.socket], stop: threading.Event, every_s: float = 0.5) -> None:
+    """One more byte on every connection every 0.5 s (a 'byte every 20 s' attacker, sped up)."""
+    while not stop.wait(every_s):
         for conn in conns:
             try:
                 conn.sendall(b"X")
@@ -682,6 +682,87 @@ def test_header_timeout_closes_tricklers_and_frees_the_connection_limit(exported
         trickle.join()
         for conn in conns:
             conn.close()
+        assert server.stop() == 0
+
+
+def _body_trickler(port: int, content_length: int) -> socket.socket:
+    """A request whose headers arrive at once and whose body then trickles."""
+    boundary = "trickle"
+    conn = socket.create_connection(("127.0.0.1", port), timeout=60)
+    conn.sendall(f"POST /upload?user_id=slow HTTP/1.1\r\nHost: x\r\nContent-Length: {content_length}\r\n"
+                 f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n--{boundary}\r\n".encode())
+    return conn
+
+
+def _read_answer(conn: socket.socket) -> tuple[bytes, bytes]:
+    """(head, body) of the answer on `conn`, read until the server closes the connection."""
+    reply = b""
+    try:
+        while chunk := conn.recv(65536):
+            reply += chunk
+    except ConnectionResetError:
+        pass
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_body_timeout_answers_408_without_holding_a_thread(exported_deepfm, slot_sample, tmp_path):
+    """Bodies trickling a byte every 0.3 s on 6 connections to a server with ONE request thread: good uploads go
+    through meanwhile (no thread waits for a slow body), and each trickler is answered 408 (JSON) and disconnected
+    once its request is later than --body_timeout_s plus a second per --body_min_rate_kib KiB received."""
+    server = UploadServer(exported_deepfm, str(tmp_path / "server.log"), "--threads", "1", "--body_timeout_s", "2",
+                          "--body_min_rate_kib", "1")
+    stop = threading.Event()
+    conns = [_body_trickler(server.port, 100_000) for _ in range(6)]
+    trickle = threading.Thread(target=_trickle, args=(conns, stop, 0.3))
+    trickle.start()
+    try:
+        content = open(slot_sample, "rb").read()
+        for _ in range(3):
+            response = requests.post(server.url + "/upload", params={"user_id": "good"},
+                                     files={"file": ("d.txt", content)}, timeout=30)
+            assert response.status_code == 200
+        for conn in conns:
+            head, body = _read_answer(conn)
+            assert head.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in head, head
+            answer = json.loads(body)
+            assert answer["code"] == 408 and "request body not received in time" in answer["msg"]
+        assert "answering 408" in server.log()
+        response = requests.post(server.url + "/upload", params={"user_id": "good"},
+                                 files={"file": ("d.txt", content)}, timeout=30)
+        assert response.status_code == 200
+    finally:
+        stop.set()
+        trickle.join()
+        for conn in conns:
+            conn.close()
+        assert server.stop() == 0
+
+
+def test_a_body_arriving_at_the_minimum_rate_is_not_cut_off(exported_deepfm, slot_sample, tmp_path):
+    """--body_timeout_s 1 with --body_min_rate_kib 1: an upload whose body arrives over ~3 s, far above 1 KiB/s,
+    is answered 200 (each KiB received extends the bound by a second)."""
+    server = UploadServer(exported_deepfm, str(tmp_path / "server.log"), "--body_timeout_s", "1",
+                          "--body_min_rate_kib", "1")
+    lines = read_lines(slot_sample)
+    boundary = "steady"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.txt\"\r\n\r\n".encode()
+            + b"".join(lines) + f"\r\n--{boundary}--\r\n".encode())
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as conn:
+            conn.sendall(f"POST /upload?user_id=steady HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                         f"Content-Type: multipart/form-data; boundary={boundary}\r\nConnection: close\r\n\r\n"
+                         .encode())
+            pieces = 6
+            step = -(-len(body) // pieces)
+            for i in range(pieces):
+                conn.sendall(body[i * step:(i + 1) * step])
+                time.sleep(0.5)
+            head, answer = _read_answer(conn)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert json.loads(answer)["count"] == len(lines)
+        assert "answering 408" not in server.log()
+    finally:
         assert server.stop() == 0
 
 

@@ -33,6 +33,7 @@ import threading
 import time
 
 import waitress
+import waitress.utilities
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
@@ -97,33 +98,79 @@ class DrainAwareTask(WSGITask):
         super().write(data)
 
 
+class RequestTimeout(waitress.utilities.Error):
+    code = 408
+    reason = "Request Timeout"
+
+
 class GuardedChannel(HTTPChannel):
     """JSON error answers, closing answers while draining, and the time the current request's first byte arrived
-    (for the header timeout)."""
+    and how many of its bytes have arrived (for the header and body timeouts)."""
 
     error_task_class = JsonErrorTask
     task_class = DrainAwareTask
     header_started = 0.0
+    request_bytes = 0
+    timed_out = False  # answered 408: whatever else the client sends is dropped
 
     def received(self, data):
+        if self.timed_out:
+            return True
         if data and self.request is None:  # the first bytes of a new request
             self.header_started = time.time()
+            self.request_bytes = 0
+        self.request_bytes += len(data)
         return super().received(data)
 
     def headers_overdue(self, cutoff: float) -> bool:
         request = self.request
         return request is not None and not request.headers_finished and self.header_started < cutoff
 
+    def body_overdue(self, now: float, timeout_s: float, min_rate: float) -> bool:
+        """Headers complete, body still arriving, and later than `timeout_s` after the request's first byte plus
+        one second per `min_rate` bytes received. Not while a task of this connection runs (pipelined requests
+        are not read meanwhile, so their bodies cannot progress)."""
+        request = self.request
+        if request is None or not request.headers_finished or request.completed or self.requests:
+            return False
+        allowance = timeout_s + (self.request_bytes / min_rate if min_rate > 0 else 0.0)
+        return now - self.header_started > allowance
 
-def _guarded_maintenance(header_timeout_s: float):
+    def answer_timeout(self, msg: str) -> None:
+        """Answer the request whose body is late with 408 (a JsonErrorTask, as waitress does for its own errors)
+        and close the connection once it is written; runs on the server's loop thread."""
+        with self.requests_lock:
+            request = self.request
+            if request is None or request.completed:
+                return
+            request.error = RequestTimeout(msg)
+            request.completed = True
+            self.request = None
+            self.timed_out = True
+            self.requests.append(request)
+            if len(self.requests) == 1:
+                self.server.add_task(self)
+
+
+def _guarded_maintenance(header_timeout_s: float, body_timeout_s: float, body_min_rate_kib: float):
+    min_rate = body_min_rate_kib * 1024  # bytes per second
+
     def maintenance(self, now: float) -> None:
         BaseWSGIServer.maintenance(self, now)  # idle keep-alive connections (adj.channel_timeout)
         cutoff = now - header_timeout_s
         for channel in list(self.active_channels.values()):
-            if isinstance(channel, GuardedChannel) and not channel.will_close and channel.headers_overdue(cutoff):
+            if not isinstance(channel, GuardedChannel) or channel.will_close or channel.timed_out:
+                continue
+            if channel.headers_overdue(cutoff):
                 log.info("closing connection from %s: request headers not complete within %g s", channel.addr,
                          header_timeout_s)
                 channel.will_close = True
+            elif channel.body_overdue(now, body_timeout_s, min_rate):
+                late = (f"request body not received in time: {now - channel.header_started:.0f} s for "
+                        f"{channel.request_bytes} bytes (allowed: {body_timeout_s:g} s"
+                        + (f" + 1 s per {body_min_rate_kib:g} KiB received)" if min_rate > 0 else ")"))
+                log.info("answering 408 to %s: %s", channel.addr, late)
+                channel.answer_timeout(late)
     return maintenance
 
 
@@ -172,7 +219,9 @@ def create_server(settings: UploadSettings, app, sock: socket.socket, draining: 
         raise RuntimeError(f"unexpected waitress server {type(server).__name__}")
     server.__class__ = type("GuardedServer", (type(server),),
                             {"channel_class": GuardedChannel,
-                             "maintenance": _guarded_maintenance(settings.header_timeout_s)})
+                             "maintenance": _guarded_maintenance(settings.header_timeout_s,
+                                                                 settings.body_timeout_s,
+                                                                 settings.body_min_rate_kib)})
     server.draining = draining
     return server
 

@@ -32,6 +32,8 @@ class UploadSettings:
     max_upload_mb: float = 64.0
     upload_dir: str = "uploads"  # where save=true keeps uploads
     header_timeout_s: float = 10.0  # a request's headers must arrive within this (slow-header clients are closed)
+    body_timeout_s: float = 60.0    # a request must arrive whole within this (plus 1 s per body_min_rate_kib)
+    body_min_rate_kib: float = 64.0  # KiB received that extend body_timeout_s by one second (0: no extension)
     idle_timeout_s: float = 60.0    # an idle keep-alive connection is closed after this
     max_connections: int = 1000     # open connections per worker process
     drain_timeout_s: float = 30.0   # SIGTERM: requests in flight get this long
@@ -93,6 +95,12 @@ _FLAGS: dict[str, tuple] = {
     "upload_dir": (str, "directory where save=true keeps uploads (created by the first save)"),
     "header_timeout_s": (_number(float, 0, strict=True), "seconds a client has to send a request's headers, "
                                                          "however slowly it trickles them (then it is disconnected)"),
+    "body_timeout_s": (_number(float, 0, strict=True), "seconds a client has to send a whole request, body "
+                                                       "included, from its first byte, extended by one second for "
+                                                       "every --body_min_rate_kib KiB received (then it is answered "
+                                                       "408 and disconnected)"),
+    "body_min_rate_kib": (_number(float, 0), "KiB of a request that extend --body_timeout_s by one second: a client "
+                                             "sending at least this fast is never cut off (0: a fixed bound)"),
     "idle_timeout_s": (_number(float, 0, strict=True), "seconds an idle keep-alive connection stays open"),
     "max_connections": (_number(int, 1), "open connections per worker process (more wait in the listen backlog)"),
     "drain_timeout_s": (_number(float, 0), "on SIGTERM, seconds requests in flight get to finish"),
