@@ -40,7 +40,7 @@ from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
 from ctrkit.batch_predict import keep_freed_memory
-from ctrkit.runtime import ModelRuntime
+from ctrkit.runtime import ModelRuntime, freeze_startup_heap
 from serving.upload.app import create_app
 from serving.upload.scoring import Scorer
 from serving.upload.settings import MIB, READY_LINE, UploadSettings
@@ -152,6 +152,25 @@ class GuardedChannel(HTTPChannel):
                 self.server.add_task(self)
 
 
+class LastIdleFirst(threading.Condition):
+    """A Condition whose notify() wakes the thread that began waiting last. waitress's request threads wait on one
+    Condition, which wakes the longest idle: sequential requests then rotate over all --threads threads, each
+    running with cold caches (measured ~0.1-0.2 ms of an 80-line upload); the most recently idle thread's are warm.
+    """
+
+    def notify(self, n: int = 1) -> None:
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        waiters = self._waiters
+        while waiters and n > 0:
+            waiter = waiters.pop()
+            try:
+                waiter.release()
+            except RuntimeError:  # released already by an interrupted notify (as in threading.Condition)
+                continue
+            n -= 1
+
+
 def _guarded_maintenance(header_timeout_s: float, body_timeout_s: float, body_min_rate_kib: float):
     min_rate = body_min_rate_kib * 1024  # bytes per second
 
@@ -223,6 +242,7 @@ def create_server(settings: UploadSettings, app, sock: socket.socket, draining: 
                                                                  settings.body_timeout_s,
                                                                  settings.body_min_rate_kib)})
     server.draining = draining
+    server.task_dispatcher.queue_cv.__class__ = LastIdleFirst  # (its threads already wait on this object)
     return server
 
 
@@ -282,6 +302,7 @@ def serve_one(settings: UploadSettings, reuse_port: bool = False) -> int:
         signal.signal(signal.SIGTERM, drain)
         signal.signal(signal.SIGINT, drain)
         signal.signal(signal.SIGHUP, lambda signum, frame: runtime.reload())
+        freeze_startup_heap()  # (no full-collection pauses walking the start-up objects; see ctrkit.runtime)
         host, port = sock.getsockname()[:2]
         print(READY_LINE.format(model=runtime.current.exported.name, version=runtime.version, host=host, port=port),
               flush=True)
