@@ -163,3 +163,35 @@ def test_form_limits_are_werkzeugs(large):
         stream = io.BytesIO(body)
         assert parse(UploadFormParser, body, stream=stream, **limits) == "413"
         assert parse(FormDataParser, body, **limits) == "413"
+
+
+def test_the_app_reads_a_large_upload_in_place():
+    """Through Flask (with MAX_CONTENT_LENGTH set, werkzeug wraps the input in a LimitedStream that cannot seek): a
+    server that ends the body itself (wsgi.input_terminated, as waitress does) lets the parser use its seekable
+    input, so the file part is a window onto it; without that flag werkzeug's parser reads it."""
+    from flask import Flask, request
+
+    from serving.upload.multipart import UploadRequest
+
+    app = Flask(__name__)
+    app.request_class = UploadRequest
+    app.config["MAX_CONTENT_LENGTH"] = 64 << 20
+
+    @app.post("/upload")
+    def upload():
+        stream = request.files["file"].stream
+        return {"stream": type(stream).__name__, "bytes": len(stream.read()), "user_id": request.form["user_id"]}
+
+    body = form(part("file", LINES * 400, "d"), part("user_id", b"7"))
+    for terminated, expected in ((True, "PartReader"), (False, "SpooledTemporaryFile")):
+        with tempfile.TemporaryFile() as f:
+            f.write(body)
+            f.seek(0)
+            environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/upload", "SERVER_NAME": "x", "SERVER_PORT": "1",
+                       "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": f,
+                       "CONTENT_TYPE": f"multipart/form-data; boundary={B}", "CONTENT_LENGTH": str(len(body))}
+            if terminated:
+                environ["wsgi.input_terminated"] = True
+            with app.request_context(environ):
+                answer = app.full_dispatch_request().get_json()
+        assert answer == {"stream": expected, "bytes": len(LINES) * 400, "user_id": "7"}

@@ -206,7 +206,11 @@ def split_form(body, boundary: bytes, max_parts: int | None, max_field_bytes: in
 
 
 class UploadFormParser(FormDataParser):
-    """werkzeug's FormDataParser with the fast path for multipart bodies (see the module docstring)."""
+    """werkzeug's FormDataParser with the fast path for multipart bodies (see the module docstring).
+    `raw_input`: the server's own input stream when it ends the body itself (`wsgi.input_terminated`, as waitress
+    does) — werkzeug hands the parser that stream wrapped in a LimitedStream, which cannot seek."""
+
+    raw_input = None
 
     def _parse_multipart(self, stream, mimetype, content_length, options):
         boundary = options.get("boundary", "")
@@ -224,21 +228,22 @@ class UploadFormParser(FormDataParser):
             except Fallback:
                 return super()._parse_multipart(io.BytesIO(data), mimetype, content_length, options)
             return stream, self.cls(fields), self.cls(files)
+        source = self.raw_input if self.raw_input is not None else stream
         try:
-            seekable = stream.seekable()
+            seekable = source.seekable()
         except (AttributeError, ValueError):
             seekable = False
         if not seekable:
             return super()._parse_multipart(stream, mimetype, content_length, options)
-        origin = stream.tell()
+        origin = source.tell()
         try:
             max_marks = (self.max_form_parts or 1000) + 1
-            body = _Seekable(stream, content_length, b"--" + boundary_bytes, max_marks)
+            body = _Seekable(source, content_length, b"--" + boundary_bytes, max_marks)
             fields, files = split_form(body, boundary_bytes, self.max_form_parts, memory_limit)
         except Fallback:
-            stream.seek(origin)
+            source.seek(origin)  # (nothing read through `stream` yet)
             return super()._parse_multipart(stream, mimetype, content_length, options)
-        stream.seek(origin + content_length)
+        source.seek(origin + content_length)
         return stream, self.cls(fields), self.cls(files)
 
 
@@ -246,3 +251,9 @@ class UploadRequest(Request):
     """Flask's request with the upload service's multipart parser."""
 
     form_data_parser_class = UploadFormParser
+
+    def make_form_data_parser(self) -> UploadFormParser:
+        parser = super().make_form_data_parser()
+        if "wsgi.input_terminated" in self.environ:  # the server ends the body at its Content-Length
+            parser.raw_input = self.environ["wsgi.input"]
+        return parser

@@ -16,7 +16,16 @@ requests in flight finish (up to --drain_timeout_s), then the process exits 0.
 Hardening against slow clients (waitress alone closes a connection only after `channel_timeout` of silence, so a
 client trickling a byte every 20 s holds it forever, and 100 of them exhaust waitress's connection limit): a
 request's headers must arrive within --header_timeout_s of its first byte, however slowly they trickle, or the
-connection is closed; idle keep-alive connections close after --idle_timeout_s; --max_connections per worker.
+connection is closed; the whole request, body included, within --body_timeout_s of its first byte plus one second
+per --body_min_rate_kib KiB received (Apache mod_reqtimeout's rule: a client keeping up that rate is never cut
+off), or it is answered 408 (JSON) and the connection closed. Both are checked every second on waitress's loop
+thread, which also receives the bodies: no request thread waits for a slow client. Idle keep-alive connections
+close after --idle_timeout_s; --max_connections per worker.
+
+Latency of small uploads: the header and a small answer leave in one send (waitress sends them separately, waking
+the client twice), the most recently idle request thread takes the next request (warm caches; waitress wakes the
+longest idle), the multipart form is split by `multipart.py`'s fast path, and the process keeps memory freed after
+a request for the next one (`ctrkit.batch_predict.keep_freed_memory`).
 Waitress answers some requests itself, before the app sees them (a body over the size limit, a malformed
 request); `JsonErrorTask` makes those answers JSON too, so a client never has to parse anything else.
 """
