@@ -230,8 +230,9 @@ def create_app(runtime: ModelRuntime, scorer: Scorer, store: ResultStore, *, upl
     @app.post("/upload")
     def upload():
         started = time.perf_counter()
-        params = parse_upload_params(request)
-        file = uploaded_file(request)
+        req = request._get_current_object()  # (the request itself, not the context-local proxy, for its ~25 uses)
+        params = parse_upload_params(req)
+        file = uploaded_file(req)
         writers = []
 
         def sink_for(model_name: str):
