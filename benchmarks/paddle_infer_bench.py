@@ -46,7 +46,9 @@ def ensure_data(work_dir: str, rows: int) -> str:
     return data_dir
 
 
-def ensure_model(work_dir: str, data_dir: str) -> str:
+def ensure_model(work_dir: str, data_dir: str, onnx: bool = False) -> str:
+    """The seeded default DeepFM (seed 2024, default hyper-parameters: the tutorial's model) exported into
+    `work_dir` once, golden rows from `data_dir`; `onnx`: with its ONNX twin, so one export serves both backends."""
     import paddle
 
     from ctrkit.data.spec import FeatureSpec
@@ -54,14 +56,14 @@ def ensure_model(work_dir: str, data_dir: str) -> str:
     from ctrkit.inference import META_FILE
     from models.registry import build_model, get_model_class
 
-    model_dir = os.path.join(work_dir, "deepfm-default")
+    model_dir = os.path.join(work_dir, "deepfm-default-onnx" if onnx else "deepfm-default")
     if not os.path.isfile(os.path.join(model_dir, META_FILE)):
         paddle.seed(2024)
         model = build_model("deepfm", get_model_class("deepfm").default_hyper_parameters())
         spec = FeatureSpec(sparse_feature_number=model.hp["sparse_feature_number"], data_format="slot")
         dense, sparse = read_golden_rows(data_dir, spec)
         export_model(model, model_dir, feature_spec=spec, golden_dense=dense, golden_sparse=sparse,
-                     golden_source=data_dir)
+                     golden_source=data_dir, onnx=onnx)
     return model_dir
 
 

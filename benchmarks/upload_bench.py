@@ -46,32 +46,13 @@ import uuid
 import numpy as np
 import requests
 
-from ctrkit.inference import META_FILE, load_exported_model
+from ctrkit.inference import load_exported_model
+from paddle_infer_bench import ensure_model  # the seeded default DeepFM export the other benchmarks use
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRITEO = os.path.join(REPO_ROOT, "..", "shared", "data", "criteo")
 WARMUP = 20
 BLOCK = 25  # latency requests per client in turn
-
-
-def ensure_model(work_dir: str, sample: str) -> str:
-    """The seeded default DeepFM (as benchmarks/paddle_infer_bench.py exports it: seed 2024, default
-    hyper-parameters), with its ONNX twin, so one export serves both backends."""
-    model_dir = os.path.join(work_dir, "deepfm-default-onnx")
-    if not os.path.isfile(os.path.join(model_dir, META_FILE)):
-        import paddle
-
-        from ctrkit.data.spec import FeatureSpec
-        from ctrkit.export import export_model, read_golden_rows
-        from models.registry import build_model, get_model_class
-
-        paddle.seed(2024)
-        model = build_model("deepfm", get_model_class("deepfm").default_hyper_parameters())
-        spec = FeatureSpec(sparse_feature_number=model.hp["sparse_feature_number"], data_format="slot")
-        dense, sparse = read_golden_rows(sample, spec)
-        export_model(model, model_dir, feature_spec=spec, golden_dense=dense, golden_sparse=sparse,
-                     golden_source=sample, onnx=True)
-    return model_dir
 
 
 def free_port() -> int:
@@ -293,7 +274,7 @@ def main() -> None:
         if not os.path.isfile(path):
             sys.exit(f"{path} is missing (the shared Criteo samples sit beside the checkout)")
     os.makedirs(args.work_dir, exist_ok=True)
-    model_dir = args.model or ensure_model(args.work_dir, slot_sample)
+    model_dir = args.model or ensure_model(args.work_dir, slot_sample, onnx=True)
     server_args = ["--backend", args.backend, *shlex.split(args.server_args)]
     load_before = os.getloadavg()
     sample = open(slot_sample, "rb").read()

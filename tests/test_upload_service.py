@@ -4,6 +4,7 @@ same factory."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -622,40 +623,49 @@ def test_bad_requests_get_4xx_while_good_ones_keep_flowing(service, slot_sample,
         assert all(400 <= code < 500 for code in bads)
 
 
-def _trickler(port: int, stop: threading.Event) -> socket.socket:
+def _trickler(port: int) -> socket.socket:
     conn = socket.create_connection(("127.0.0.1", port), timeout=30)
     conn.sendall(b"POST /upload?user_id=slow HTTP/1.1\r\nHost: x\r\n")
     return conn
 
 
-def _trickle(conns: list[socket.socket], stop: threading.Event, every_s: float = 0.5) -> None:
-    """One more byte on every connection every 0.5 s (a 'byte every 20 s' attacker, sped up)."""
-    while not stop.wait(every_s):
+@contextlib.contextmanager
+def trickling(conns: list[socket.socket], every_s: float = 0.5):
+    """One more byte on every connection every `every_s` (a 'byte every 20 s' attacker, sped up) until the block
+    ends; then the connections are closed."""
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(every_s):
+            for conn in conns:
+                try:
+                    conn.sendall(b"X")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        yield conns
+    finally:
+        stop.set()
+        thread.join()
         for conn in conns:
-            try:
-                conn.sendall(b"X")
-            except OSError:
-                pass
+            conn.close()
+
+
+def good_upload(url: str, sample: str, timeout: float = 30) -> None:
+    response = requests.post(url + "/upload", params={"user_id": "good"},
+                             files={"file": ("d.txt", open(sample, "rb").read())}, timeout=timeout)
+    assert response.status_code == 200
 
 
 def test_slow_header_clients_do_not_deny_good_ones(service, slot_sample):
     """101 connections trickling their headers (more than waitress's default connection limit of 100) while
     good clients upload: every good upload is answered."""
-    stop = threading.Event()
-    conns = [_trickler(service.port, stop) for _ in range(101)]
-    trickle = threading.Thread(target=_trickle, args=(conns, stop))
-    trickle.start()
-    try:
-        content = open(slot_sample, "rb").read()
+    with trickling([_trickler(service.port) for _ in range(101)]):
         for _ in range(3):
-            response = requests.post(service.url + "/upload", params={"user_id": "good"},
-                                     files={"file": ("d.txt", content)}, timeout=30)
-            assert response.status_code == 200
-    finally:
-        stop.set()
-        trickle.join()
-        for conn in conns:
-            conn.close()
+            good_upload(service.url, slot_sample)
 
 
 def test_header_timeout_closes_tricklers_and_frees_the_connection_limit(exported_deepfm, slot_sample, tmp_path):
@@ -663,25 +673,16 @@ def test_header_timeout_closes_tricklers_and_frees_the_connection_limit(exported
     --header_timeout_s late however often it sends a byte, and a good client then gets through."""
     server = UploadServer(exported_deepfm, str(tmp_path / "server.log"), "--max_connections", "8",
                           "--header_timeout_s", "1")
-    stop = threading.Event()
-    conns = [_trickler(server.port, stop) for _ in range(12)]
-    trickle = threading.Thread(target=_trickle, args=(conns, stop))
-    trickle.start()
     try:
-        response = requests.post(server.url + "/upload", params={"user_id": "good"},
-                                 files={"file": ("d.txt", open(slot_sample, "rb").read())}, timeout=60)
-        assert response.status_code == 200
-        for conn in conns[:8]:  # the accepted ones are disconnected (recv: b"" or a reset), not served
-            try:
-                assert conn.recv(1024) == b""
-            except ConnectionResetError:
-                pass
-        assert "request headers not complete within 1 s" in server.log()
+        with trickling([_trickler(server.port) for _ in range(12)]) as conns:
+            good_upload(server.url, slot_sample, timeout=60)
+            for conn in conns[:8]:  # the accepted ones are disconnected (recv: b"" or a reset), not served
+                try:
+                    assert conn.recv(1024) == b""
+                except ConnectionResetError:
+                    pass
+            assert "request headers not complete within 1 s" in server.log()
     finally:
-        stop.set()
-        trickle.join()
-        for conn in conns:
-            conn.close()
         assert server.stop() == 0
 
 
@@ -712,30 +713,18 @@ def test_body_timeout_answers_408_without_holding_a_thread(exported_deepfm, slot
     once its request is later than --body_timeout_s plus a second per --body_min_rate_kib KiB received."""
     server = UploadServer(exported_deepfm, str(tmp_path / "server.log"), "--threads", "1", "--body_timeout_s", "2",
                           "--body_min_rate_kib", "1")
-    stop = threading.Event()
-    conns = [_body_trickler(server.port, 100_000) for _ in range(6)]
-    trickle = threading.Thread(target=_trickle, args=(conns, stop, 0.3))
-    trickle.start()
     try:
-        content = open(slot_sample, "rb").read()
-        for _ in range(3):
-            response = requests.post(server.url + "/upload", params={"user_id": "good"},
-                                     files={"file": ("d.txt", content)}, timeout=30)
-            assert response.status_code == 200
-        for conn in conns:
-            head, body = _read_answer(conn)
-            assert head.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in head, head
-            answer = json.loads(body)
-            assert answer["code"] == 408 and "request body not received in time" in answer["msg"]
-        assert "answering 408" in server.log()
-        response = requests.post(server.url + "/upload", params={"user_id": "good"},
-                                 files={"file": ("d.txt", content)}, timeout=30)
-        assert response.status_code == 200
+        with trickling([_body_trickler(server.port, 100_000) for _ in range(6)], every_s=0.3) as conns:
+            for _ in range(3):
+                good_upload(server.url, slot_sample)
+            for conn in conns:
+                head, body = _read_answer(conn)
+                assert head.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in head, head
+                answer = json.loads(body)
+                assert answer["code"] == 408 and "request body not received in time" in answer["msg"]
+            assert "answering 408" in server.log()
+            good_upload(server.url, slot_sample)
     finally:
-        stop.set()
-        trickle.join()
-        for conn in conns:
-            conn.close()
         assert server.stop() == 0
 
 
