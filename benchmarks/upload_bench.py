@@ -21,7 +21,7 @@ client on the same machine (keep-alive connections, like a real client):
               backend, batch 2048; its own rows/s record, which includes loading the model) and through the same
               path in this process after the model is loaded and warmed up (steady state) -> upload lines/s
               (full=true: every prediction returned) over each (target >= 0.90 against both)
-This process keeps freed memory like paddle_infer.py and the service do (`ctrkit.batch_predict.keep_freed_memory`),
+This process keeps freed memory like paddle_infer.py and the service do (`ctrkit.cpu_env.keep_freed_memory`),
 so the in-process figures are paddle_infer.py's. Without --model, a DeepFM with the default hyper-parameters (the
 tutorial's model, MLP 400-400-400) is exported with seeded random weights and its ONNX twin into --work_dir (the
 arithmetic is the same as for trained weights). Client and server share the machine's cores. Prints a Markdown
@@ -254,7 +254,7 @@ def main() -> None:
     from ctrkit.cpu_env import configure_cpu_env
 
     configure_cpu_env()  # before paddle loads (MKL's fast path on AMD CPUs), as every entry point does
-    from ctrkit.batch_predict import keep_freed_memory
+    from ctrkit.cpu_env import keep_freed_memory
 
     keep_freed_memory()  # as paddle_infer.py and the service do
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -28,13 +28,6 @@ text lines through it.
 
 `predict_files` is `paddle_infer.py`'s driver: in-process, or with `workers > 0` whole chunks (parse +
 predict) go to worker processes, each with its own runtime, results in input order.
-
-`keep_freed_memory()` (called by `paddle_infer.py`, its worker processes and the upload service at start) sets
-glibc malloc's trim and mmap thresholds so that memory freed after a batch stays in the process for the next one:
-with glibc's defaults every prediction gave its scratch memory back to the kernel and faulted it in again (80
-lines: ~50 page faults per call, ~70 in a server's request thread; a 2048-line chunk: ~1,300), measured
-0.1-0.3 ms of an 80-line request and ~8% of a 2048-line chunk on the 2-core machine. The process keeps its
-high-water mark instead (bounded by the largest batch, not by the input).
 """
 from __future__ import annotations
 
@@ -60,35 +53,12 @@ from ctrkit.metrics import auc, logloss
 from ctrkit.predictions import PredictionWriter
 
 WARMUP_BATCHES = 3
-# glibc mallopt: free memory at the top of a heap is handed back to the kernel only beyond TRIM_THRESHOLD, and
-# allocations up to MMAP_THRESHOLD come from the heap (glibc's defaults: 128 KiB, raised as mmapped blocks are
-# freed; fixing the trim threshold turns that raising off, hence both)
-MALLOC_TRIM_THRESHOLD = 64 << 20
-MALLOC_MMAP_THRESHOLD = 32 << 20
 PIPELINE_DEPTH = 2           # parsed chunks waiting for the predictor (bounds memory)
 PIPELINE_BACKENDS = ("onnxruntime",)  # backends whose model call releases the GIL: a parse thread overlaps it
 READ_BYTES = 1 << 20         # bytes read from a stream at a time
 CHUNKS_IN_FLIGHT_PER_WORKER = 4
 # Below this much input, starting worker processes (each imports Paddle: ~2 s) costs more than it saves.
 WORKERS_MIN_INPUT_BYTES = 32 << 20
-
-
-def keep_freed_memory() -> bool:
-    """Keep memory freed after a batch for the next one instead of returning it to the kernel (see the module
-    docstring). True when set; False where malloc is not glibc's, or where MALLOC_TRIM_THRESHOLD_ or
-    MALLOC_MMAP_THRESHOLD_ is set in the environment (the user's choice, which glibc has already applied)."""
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt, _ = libc.mallopt, libc.gnu_get_libc_version  # (glibc's alone has the latter)
-    except (OSError, AttributeError):  # not glibc
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)) and bool(mallopt(m_mmap_threshold,
-                                                                                  MALLOC_MMAP_THRESHOLD))
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -374,10 +344,10 @@ _worker_scorer: ChunkScorer | None = None
 
 def _init_worker(model_dir: str, options, batch_size: int) -> None:
     global _worker_scorer
-    from ctrkit.cpu_env import configure_cpu_env
+    from ctrkit.cpu_env import configure_cpu_env, keep_freed_memory
 
     configure_cpu_env()
-    keep_freed_memory()
+    keep_freed_memory()  # like paddle_infer.py's own process
     _worker_scorer = ChunkScorer(model_dir, options, batch_size)
 
 

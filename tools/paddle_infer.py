@@ -155,7 +155,7 @@ def summary(record: dict, detailed: bool) -> str:
 
 
 def main() -> int:
-    from ctrkit.cpu_env import configure_cpu_env
+    from ctrkit.cpu_env import configure_cpu_env, keep_freed_memory
 
     configure_cpu_env()
     args = build_parser().parse_args()
@@ -164,7 +164,7 @@ def main() -> int:
     options = runtime_options(args)
     paths = data_files(args.data_dir)
     model = load_model(args)
-    from ctrkit.batch_predict import default_workers, keep_freed_memory, predict_files
+    from ctrkit.batch_predict import default_workers, predict_files
 
     keep_freed_memory()  # (the upload service does the same: one lines -> predictions path, one allocator setting)
     workers = default_workers(paths, options.predictor) if args.num_workers is None else args.num_workers

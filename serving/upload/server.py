@@ -25,7 +25,7 @@ close after --idle_timeout_s; --max_connections per worker.
 Latency of small uploads: the header and a small answer leave in one send (waitress sends them separately, waking
 the client twice), the most recently idle request thread takes the next request (warm caches; waitress wakes the
 longest idle), the multipart form is split by `multipart.py`'s fast path, and the process keeps memory freed after
-a request for the next one (`ctrkit.batch_predict.keep_freed_memory`).
+a request for the next one (`ctrkit.cpu_env.keep_freed_memory`).
 Waitress answers some requests itself, before the app sees them (a body over the size limit, a malformed
 request); `JsonErrorTask` makes those answers JSON too, so a client never has to parse anything else.
 """
@@ -48,7 +48,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
-from ctrkit.batch_predict import keep_freed_memory
+from ctrkit.cpu_env import keep_freed_memory
 from ctrkit.runtime import ModelRuntime, freeze_startup_heap
 from serving.upload.app import create_app
 from serving.upload.scoring import Scorer
@@ -300,7 +300,7 @@ class Drain:
 
 def serve_one(settings: UploadSettings, reuse_port: bool = False) -> int:
     """One server process: runtime, app, waitress; until SIGTERM/SIGINT (drained). Returns the exit status."""
-    keep_freed_memory()  # memory freed after a request stays for the next (see ctrkit/batch_predict.py)
+    keep_freed_memory()  # memory freed after a request stays for the next (see ctrkit/cpu_env.py)
     runtime = build_runtime(settings)
     try:
         draining = threading.Event()
