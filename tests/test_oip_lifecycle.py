@@ -10,7 +10,9 @@ import time
 
 import numpy as np
 import psutil
+import requests
 
+from rpc_helpers import publish_version
 from test_oip_server import OipServer, _inputs, tritongrpc, tritonhttp
 
 
@@ -64,9 +66,31 @@ def test_hot_swap_under_load_fails_no_request(exported_deepfm, tmp_path):
         stop.set()
         for t in threads:
             t.join(60)
+    try:
+        assert not failures, failures[:5]
+        assert {"1", "2"} <= seen
+        _check_repository_after_swaps(srv, exported_deepfm, str(versions))
+    finally:
         assert srv.stop() == 0
-    assert not failures, failures[:5]
-    assert {"1", "2"} <= seen
+
+
+def _check_repository_after_swaps(srv, model_dir: str, versions: str) -> None:
+    """Triton's repository index and statistics see the swap: version 1 answered requests and is no longer served,
+    2 is READY, and a version 3 that fails its golden check is UNAVAILABLE with the reason (2 keeps serving)."""
+    http = srv.http_client()
+    stats = {m["version"]: m for m in http.get_inference_statistics("deepfm")["model_stats"]}
+    assert set(stats) == {"1", "2"}
+    assert all(m["inference_stats"]["success"]["count"] > 0 for m in stats.values())
+    publish_version(model_dir, versions, 3, break_golden=True)
+    assert _wait(lambda: "golden batch" in str(http.get_model_repository_index()), 120), srv.log()[-3000:]
+    index = {m["version"]: m for m in http.get_model_repository_index()}
+    assert index["2"]["state"] == "READY"
+    assert index["1"]["state"] == index["3"]["state"] == "UNAVAILABLE"
+    assert "not served" in index["1"]["reason"] and "golden batch" in index["3"]["reason"], index
+    ready = srv.grpc_client().get_model_repository_index(as_json=True)["models"]
+    assert [(m["version"], m["state"]) for m in ready] == [("1", "UNAVAILABLE"), ("2", "READY"), ("3", "UNAVAILABLE")]
+    ready_only = requests.post(srv.url + "/v2/repository/index", json={"ready": True}, timeout=10).json()
+    assert [m["version"] for m in ready_only] == ["2"]
 
 
 def test_workers_restart_a_killed_worker_and_drain_on_sigterm(exported_deepfm, tmp_path):
@@ -95,6 +119,12 @@ def test_workers_restart_a_killed_worker_and_drain_on_sigterm(exported_deepfm, t
             assert client.infer("deepfm", _inputs(tritongrpc, dense[:1], sparse[:1])).as_numpy("prob").shape == (1, 1)
             client.close()
         assert "restarting it" in srv.log()
+        # statistics sum every worker, the killed one included: 8 requests, plus each of the 3 workers' golden
+        # self-check (one request of 40 rows) when it loaded the model (the restarted one's may still be running)
+        def stats() -> dict:
+            return srv.http_client().get_inference_statistics("deepfm")["model_stats"][0]
+        assert _wait(lambda: stats()["inference_stats"]["success"]["count"] == 8 + 3, 120), stats()
+        assert stats()["inference_count"] == 2 * 3 + 6 + 3 * len(dense)
     finally:
         status = srv.stop()
     assert status == 0, srv.log()[-3000:]

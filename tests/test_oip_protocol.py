@@ -10,7 +10,7 @@ import pytest
 from serving.oip import protocol as P
 
 pytest.importorskip("tritonclient.grpc")
-from tritonclient.grpc import service_pb2  # noqa: E402  (Triton's grpc_service.proto, generated)
+from tritonclient.grpc import model_config_pb2, service_pb2  # noqa: E402  (Triton's protos, generated)
 
 
 def _fields(descriptor) -> dict:
@@ -32,6 +32,23 @@ def test_messages_match_tritons_generated_code(name):
     assert set(ours) == set(theirs)
     for key in ours:
         assert _fields(ours[key]) == _fields(theirs[key]), key
+
+
+@pytest.mark.parametrize("name", sorted(P.CONFIG_MESSAGES))
+def test_model_config_fields_are_tritons(name):
+    """ModelConfig carries only the fields this server fills, each with Triton's number, type and oneof."""
+    ours = dict(_walk(P.CONFIG_MESSAGES[name].DESCRIPTOR))
+    theirs = dict(_walk(getattr(model_config_pb2, name).DESCRIPTOR))
+    assert set(ours) <= set(theirs)
+    for key, descriptor in ours.items():
+        mine, triton = _fields(descriptor), _fields(theirs[key])
+        assert {field: triton[field] for field in mine} == mine, key
+        for enum in descriptor.enum_types:
+            other = theirs[key].enum_types_by_name[enum.name]
+            assert [(v.name, v.number) for v in enum.values] == [(v.name, v.number) for v in other.values]
+    data_type = P._POOL.FindEnumTypeByName("inference.DataType")
+    assert [(v.name, v.number) for v in data_type.values] == \
+        [(v.name, v.number) for v in model_config_pb2.DataType.DESCRIPTOR.values]
 
 
 def test_service_methods_match_triton():

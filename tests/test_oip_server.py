@@ -97,9 +97,79 @@ def test_health_and_metadata(server):
     gmeta = server.grpc_client().get_model_metadata("deepfm", as_json=True)
     assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in gmeta["inputs"]] == \
         [("dense_input", "FP32", [-1, 13]), ("sparse_inputs", "INT64", [-1, 26])]
-    assert server.http_client().get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert server.http_client().get_server_metadata()["extensions"] == ["binary_tensor_data", "statistics",
+                                                                         "model_configuration"]
     assert server.grpc_client().get_server_metadata().name == "ctrkit"
     assert requests.get(server.url + "/v2/health/ready", timeout=10).json() == {"ready": True}
+
+
+def _stats(server, transport: str) -> dict:
+    """The served version's statistics through tritonclient, as plain ints (gRPC's JSON writes uint64 as text
+    and leaves zeros out)."""
+    if transport == "http":
+        (entry,) = server.http_client().get_inference_statistics("deepfm")["model_stats"]
+    else:
+        (entry,) = server.grpc_client().get_inference_statistics("deepfm", as_json=True)["model_stats"]
+    stats = {k: int(entry.get(k, 0)) for k in ("inference_count", "execution_count", "last_inference")}
+    for k, v in entry["inference_stats"].items():
+        stats[k] = (int(v.get("count", 0)), int(v.get("ns", 0)))
+    return stats
+
+
+def test_statistics_extension_counts_requests_samples_and_model_calls(server, golden):
+    dense, sparse = golden
+    before = _stats(server, "http")
+    assert before == _stats(server, "grpc")
+    http, grpc_client = server.http_client(), server.grpc_client()
+    for i in range(6):
+        client, module = (http, tritonhttp) if i % 2 else (grpc_client, tritongrpc)
+        client.infer("deepfm", _inputs(module, dense[:3], sparse[:3]))
+    bad = sparse[:1].copy()
+    bad[0, 0] = -1  # outside the embedding table: refused by the runtime, counted as failed
+    with pytest.raises(InferenceServerException):
+        http.infer("deepfm", _inputs(tritonhttp, dense[:1], bad))
+    after = _stats(server, "http")
+    assert after == _stats(server, "grpc")
+    assert after["success"][0] - before["success"][0] == 6
+    assert after["fail"][0] - before["fail"][0] == 1
+    assert after["inference_count"] - before["inference_count"] == 18
+    assert 1 <= after["execution_count"] - before["execution_count"] <= 6
+    assert after["compute_infer"][0] == after["success"][0] and after["compute_infer"][1] > before["compute_infer"][1]
+    # every request's time in the runtime is its queue time plus its batch's model call
+    assert after["success"][1] >= after["compute_infer"][1] and after["queue"][1] >= 0
+    assert after["success"][1] == pytest.approx(after["queue"][1] + after["compute_infer"][1], abs=10)
+    assert abs(after["last_inference"] / 1000 - time.time()) < 60
+    everything = requests.get(server.url + "/v2/models/stats", timeout=10).json()["model_stats"]
+    assert [(m["name"], m["version"]) for m in everything] == [("deepfm", "0")]
+    for call in (lambda: http.get_inference_statistics("deepfm", "7"), lambda: http.get_inference_statistics("x"),
+                 lambda: grpc_client.get_inference_statistics("deepfm", "7")):
+        with pytest.raises(InferenceServerException, match="not served|unknown model"):
+            call()
+
+
+def test_model_configuration_and_repository_index(server):
+    http, grpc_client = server.http_client(), server.grpc_client()
+    config = http.get_model_config("deepfm")
+    assert config["platform"] == {"paddle": "paddle_inference", "onnxruntime": "onnxruntime_onnx"}[server.backend]
+    assert config["backend"] == server.backend and config["max_batch_size"] == 4096
+    assert config["input"] == [{"name": "dense_input", "data_type": "TYPE_FP32", "dims": [13]},
+                               {"name": "sparse_inputs", "data_type": "TYPE_INT64", "dims": [26]}]
+    assert config["output"] == [{"name": "prob", "data_type": "TYPE_FP32", "dims": [1]}]
+    assert config["instance_group"][0]["kind"] == "KIND_CPU"
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 1000}
+    proto = grpc_client.get_model_config("deepfm").config  # tritonclient's own ModelConfig message
+    assert (proto.name, proto.max_batch_size, proto.backend) == ("deepfm", 4096, server.backend)
+    assert [(t.name, t.data_type, list(t.dims)) for t in proto.input] == [("dense_input", 11, [13]),
+                                                                         ("sparse_inputs", 9, [26])]
+    assert proto.dynamic_batching.max_queue_delay_microseconds == 1000
+    with pytest.raises(InferenceServerException, match="version '3' is not served"):
+        grpc_client.get_model_config("deepfm", "3")
+    ready = [{"name": "deepfm", "version": "0", "state": "READY", "reason": ""}]
+    assert http.get_model_repository_index() == ready
+    assert [(m.name, m.version, m.state) for m in grpc_client.get_model_repository_index().models] == \
+        [("deepfm", "0", "READY")]
+    answer = requests.post(server.url + "/v2/repository/index", data=b"[1, 2]", timeout=10)
+    assert answer.status_code == 400 and "must be a JSON object" in answer.json()["error"]
 
 
 def test_predictions_equal_in_process(server, reference, golden):

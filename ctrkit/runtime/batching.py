@@ -22,6 +22,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 Done = Callable[[np.ndarray | None, BaseException | None], None]  # (result, error)
+OnBatch = Callable[[int, int, float], None]  # after each model call: (samples, requests, seconds it took)
+
+
+def _ignore_batch(samples: int, requests: int, seconds: float) -> None:
+    """The default OnBatch: nothing recorded."""
 
 
 class _Job:
@@ -56,7 +61,7 @@ class DynamicBatcher:
     """Run model calls for many request threads through `workers` threads (one pooled instance each)."""
 
     def __init__(self, pool, workers: int, window_s: float, max_samples: int,
-                 on_batch: Callable[[int], None] = lambda n: None, name: str = "batcher"):
+                 on_batch: OnBatch = _ignore_batch, name: str = "batcher"):
         if window_s < 0 or max_samples < 1:
             raise ValueError("batch window must be >= 0 and max_samples >= 1")
         self._window_s = window_s
@@ -125,9 +130,6 @@ class DynamicBatcher:
             with self._pool.acquire() as instance:
                 run_jobs(instance, [carry], self._on_batch, self._max_samples)
 
-    def _run(self, instance, jobs: list[_Job]) -> None:
-        run_jobs(instance, jobs, self._on_batch, self._max_samples)
-
 
 def run_chunked(instance, arrays: tuple, max_rows: int) -> np.ndarray:
     """instance.run over at most `max_rows` rows at a time: a request larger than the merge limit never makes the
@@ -138,8 +140,9 @@ def run_chunked(instance, arrays: tuple, max_rows: int) -> np.ndarray:
     return np.concatenate([instance.run(*(a[i:i + max_rows] for a in arrays)) for i in range(0, rows, max_rows)])
 
 
-def run_jobs(instance, jobs: list, on_batch: Callable[[int], None], max_rows: int = 1 << 62) -> None:
+def run_jobs(instance, jobs: list, on_batch: OnBatch, max_rows: int = 1 << 62) -> None:
     """One model call for `jobs` (merged when several), each job answered with its own slice."""
+    start = time.perf_counter()
     try:
         if len(jobs) == 1:
             outs = [run_chunked(instance, jobs[0].arrays, max_rows)]
@@ -149,7 +152,7 @@ def run_jobs(instance, jobs: list, on_batch: Callable[[int], None], max_rows: in
             for j in jobs:  # plain slices: np.split costs ~30 us for 8 parts, this ~2 us
                 outs.append(merged[start:start + j.rows])
                 start += j.rows
-        on_batch(sum(j.rows for j in jobs))
+        on_batch(sum(j.rows for j in jobs), len(jobs), time.perf_counter() - start)
     except Exception as e:  # every waiting request gets the error; the worker lives on
         log.exception("model call failed for a batch of %d request(s)", len(jobs))
         for j in jobs:
@@ -162,14 +165,16 @@ def run_jobs(instance, jobs: list, on_batch: Callable[[int], None], max_rows: in
 class DirectRunner:
     """Batching off: each request thread borrows an instance from the pool for its own call."""
 
-    def __init__(self, pool, on_batch: Callable[[int], None] = lambda n: None):
+    def __init__(self, pool, on_batch: OnBatch = _ignore_batch):
         self._pool = pool
         self._on_batch = on_batch
 
     def predict(self, *arrays: np.ndarray) -> np.ndarray:
         with self._pool.acquire() as instance:
+            start = time.perf_counter()
             out = instance.run(*arrays)
-        self._on_batch(len(arrays[0]))
+            seconds = time.perf_counter() - start
+        self._on_batch(len(arrays[0]), 1, seconds)
         return out
 
     def submit(self, arrays: tuple[np.ndarray, ...], done: Done) -> None:
@@ -247,7 +252,7 @@ class LoopBatcher:
     announced on an idle server, so it adds no latency there."""
 
     def __init__(self, pool, loop, window_s: float, max_samples: int,
-                 on_batch: Callable[[int], None] = lambda n: None, merge: bool = True, join_s: float = 0.0):
+                 on_batch: OnBatch = _ignore_batch, merge: bool = True, join_s: float = 0.0):
         self._merge = merge
         self._pool = pool
         self._loop = loop

@@ -7,6 +7,11 @@ Runtime metrics (every front-end shares them; `version` and `backend` labels on 
 - `ctrkit_runtime_request_latency_seconds{version,backend}`: validation + queue + model call (histogram)
 - `ctrkit_runtime_request_batch_size{version,backend}`: samples per request (histogram)
 - `ctrkit_runtime_model_batch_size{version,backend}`: samples per model call after dynamic batching (histogram)
+- `ctrkit_runtime_model_call_seconds{version,backend}`: duration of each model call (histogram; its count is the
+  number of model calls)
+- `ctrkit_runtime_request_compute_seconds_total{version,backend}`: model-call time attributed to the requests it
+  answered (each request counts its batch's whole call, as Triton's `compute_infer` does)
+- `ctrkit_runtime_last_inference_timestamp_seconds{version,backend}`: when the last model call finished
 - `ctrkit_runtime_queue_depth`, `ctrkit_runtime_ready`, `ctrkit_runtime_model_version`,
   `ctrkit_runtime_version_loads_total{result}` (loaded, refused), and the standard `process_*` metrics.
 
@@ -16,10 +21,13 @@ there and `render()` answers with the sum over all of them (per-process gauges c
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (.0002, .0005, .001, .002, .003, .005, .0075, .01, .015, .025, .05, .1, .25, .5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -43,6 +51,13 @@ class RuntimeMetrics:
                                          buckets=BATCH_BUCKETS, registry=r)
         self.model_samples = Histogram("ctrkit_runtime_model_batch_size", "Samples per model call (after dynamic "
                                        "batching merged requests)", labels, buckets=BATCH_BUCKETS, registry=r)
+        self.model_calls = Histogram("ctrkit_runtime_model_call_seconds", "Duration of one model call (a merged "
+                                     "batch)", labels, buckets=LATENCY_BUCKETS, registry=r)
+        self.request_compute = Counter("ctrkit_runtime_request_compute_seconds", "Model-call time attributed to the "
+                                       "requests it answered (each counts its batch's whole call)", labels,
+                                       registry=r)
+        self.last_inference = Gauge("ctrkit_runtime_last_inference_timestamp_seconds", "When the last model call "
+                                    "finished (Unix time)", labels, registry=r, multiprocess_mode="max")
         self.queue_depth = Gauge("ctrkit_runtime_queue_depth", "Requests waiting for a model instance",
                                  registry=r, multiprocess_mode="livesum")
         self.model_version = Gauge("ctrkit_runtime_model_version", "Model version being served (-1: none)",
@@ -56,12 +71,59 @@ class RuntimeMetrics:
     def for_version(self, version: int, backend: str) -> "VersionMetrics":
         return VersionMetrics(self, str(version), backend)
 
-    def render(self) -> bytes:
+    def _collector(self) -> Collector:
+        """What /metrics reads: this process's registry, or with several workers every worker's files."""
         if not self.multiprocess:
-            return generate_latest(self.registry)
+            return self.registry
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        return generate_latest(registry)
+        return registry
+
+    def render(self) -> bytes:
+        return generate_latest(self._collector())
+
+    def statistics(self) -> dict[tuple[str, str], "VersionStatistics"]:
+        """Totals per (version, backend) since start, over every worker: what Triton's statistics extension
+        reports. Read from the same metrics /metrics shows (nothing extra is counted per request)."""
+        stats: dict[tuple[str, str], VersionStatistics] = {}
+        for family in self._collector().collect():
+            if not family.name.startswith("ctrkit_runtime_"):
+                continue
+            for sample in family.samples:
+                field = _STATISTIC_SAMPLES.get(sample.name)
+                if field is None or "version" not in sample.labels:
+                    continue
+                key = (sample.labels["version"], sample.labels["backend"])
+                entry = stats.setdefault(key, VersionStatistics())
+                if field == "requests":
+                    field = "succeeded" if sample.labels.get("result") == "ok" else "failed"
+                if field == "last_inference_s":
+                    entry.last_inference_s = max(entry.last_inference_s, sample.value)
+                else:
+                    setattr(entry, field, getattr(entry, field) + sample.value)
+        return stats
+
+
+@dataclass
+class VersionStatistics:
+    """Totals of one (version, backend): requests answered and failed, their time in the runtime (validation,
+    queue and model call) and the part of it spent in model calls, samples, model calls, last call."""
+
+    succeeded: float = 0
+    failed: float = 0
+    latency_s: float = 0.0
+    compute_s: float = 0.0
+    samples: float = 0
+    model_calls: float = 0
+    last_inference_s: float = 0.0
+
+
+_STATISTIC_SAMPLES = {"ctrkit_runtime_requests_total": "requests",
+                      "ctrkit_runtime_request_latency_seconds_sum": "latency_s",
+                      "ctrkit_runtime_request_compute_seconds_total": "compute_s",
+                      "ctrkit_runtime_request_batch_size_sum": "samples",
+                      "ctrkit_runtime_model_call_seconds_count": "model_calls",
+                      "ctrkit_runtime_last_inference_timestamp_seconds": "last_inference_s"}
 
 
 class VersionMetrics:
@@ -73,6 +135,16 @@ class VersionMetrics:
         self.latency = m.latency.labels(version, backend)
         self.request_samples = m.request_samples.labels(version, backend)
         self.model_samples = m.model_samples.labels(version, backend)
+        self.model_calls = m.model_calls.labels(version, backend)
+        self.request_compute = m.request_compute.labels(version, backend)
+        self.last_inference = m.last_inference.labels(version, backend)
+
+    def batch_done(self, samples: int, requests: int, seconds: float) -> None:
+        """After each model call (the batcher's OnBatch)."""
+        self.model_samples.observe(samples)
+        self.model_calls.observe(seconds)
+        self.request_compute.inc(seconds * requests)
+        self.last_inference.set(time.time())
 
     def error(self, kind: str) -> None:
         self._m.requests.labels(*self._labels, kind).inc()

@@ -72,9 +72,9 @@ class LoadedModel:
         self.metrics = metrics.for_version(version, options.backend)
         pool = self._pool = load_backend(self.exported, options)  # golden-checks every instance
         b = options.batching
-        observe = self.metrics.model_samples.observe
-        self._runner = (DynamicBatcher(pool, pool.size, b.window_ms / 1000.0, b.max_samples, observe,
-                                       name=f"v{version}-batcher") if b.enabled else DirectRunner(pool, observe))
+        on_batch = self.metrics.batch_done
+        self._runner = (DynamicBatcher(pool, pool.size, b.window_ms / 1000.0, b.max_samples, on_batch,
+                                       name=f"v{version}-batcher") if b.enabled else DirectRunner(pool, on_batch))
         self._loop_batchers: dict = {}  # event loop -> LoopBatcher (asyncio front-ends)
         try:
             self.self_check()
@@ -119,7 +119,7 @@ class LoadedModel:
             b = self.options.batching
             batcher = self._loop_batchers[loop] = LoopBatcher(
                 self._pool, loop, b.window_ms / 1000.0 if b.enabled else 0.0, b.max_samples,
-                self.metrics.model_samples.observe, merge=b.enabled, join_s=b.join_us / 1e6)
+                self.metrics.batch_done, merge=b.enabled, join_s=b.join_us / 1e6)
         try:
             out = await batcher.submit(arrays)
         except Exception:

@@ -1,6 +1,7 @@
 """Open Inference Protocol over gRPC (grpc.aio, on the same event loop as the HTTP front-end, so the runtime's loop
 batcher merges requests of both transports without a thread hand-off): `inference.GRPCInferenceService`
-(ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer) registered with a generic handler
+(ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, and Triton's ModelStatistics,
+ModelConfig and RepositoryIndex) registered with a generic handler
 on raw bytes, so an undecodable request reaches our own validation (INVALID_ARGUMENT with a message) instead of
 failing inside grpc. Plus the standard `grpc.health.v1.Health` service. Refusals end with the fitting status code
 and the message as details (what tritonclient shows in its InferenceServerException)."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ctrkit.runtime import loop_arrivals
@@ -48,12 +50,22 @@ def _handlers(server) -> dict:
             response.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         return response
 
+    def model_statistics(req, ctx):
+        return json_format.ParseDict(model.statistics(req.name, req.version), M["ModelStatisticsResponse"]())
+
+    def model_config(req, ctx):
+        return json_format.ParseDict({"config": model.config(req.name, req.version)}, M["ModelConfigResponse"]())
+
+    def repository_index(req, ctx):
+        return json_format.ParseDict({"models": model.repository_index(req.ready)}, M["RepositoryIndexResponse"]())
+
     async def model_infer(req, ctx):
         response, version = await server.infer_grpc(req)
         return response
 
     return {"ServerLive": server_live, "ServerReady": server_ready, "ModelReady": model_ready,
-            "ServerMetadata": server_metadata, "ModelMetadata": model_metadata, "ModelInfer": model_infer}
+            "ServerMetadata": server_metadata, "ModelMetadata": model_metadata, "ModelInfer": model_infer,
+            "ModelStatistics": model_statistics, "ModelConfig": model_config, "RepositoryIndex": repository_index}
 
 
 def _ascii(text: str) -> str:

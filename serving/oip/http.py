@@ -9,6 +9,9 @@ Routes (KServe v2 / Triton):
     GET  /v2/models/{name}[/versions/{v}]            model metadata
     GET  /v2/models/{name}[/versions/{v}]/ready      200 / 503 (404 for an unknown model or version)
     POST /v2/models/{name}[/versions/{v}]/infer      inference (JSON, or JSON + binary tensors)
+    GET  /v2/models[/{name}[/versions/{v}]]/stats    Triton's statistics extension
+    GET  /v2/models/{name}[/versions/{v}]/config     Triton's model configuration extension
+    POST /v2/repository/index            Triton's repository index: versions on disk, READY or UNAVAILABLE + why
     GET  /metrics                        Prometheus text (the runtime's registry)
 Errors are `{"error": "<message>"}` with 400 (bad request), 404 (unknown model/version/path), 405, 411, 413,
 415 or 503 (not ready, draining). Request bodies may be gzip/deflate (`Content-Encoding`); answers are compressed
@@ -32,7 +35,7 @@ from serving.oip.protocol import OipError
 from serving.rpc.limits import JSON_EXPANSION, ByteBudget
 
 log = logging.getLogger("serving.oip")
-_MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?/?$")
+_MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer|/stats|/config)?/?$")
 JSON = "application/json"
 INLINE_BODY_BYTES = 64 * 1024  # smaller requests are decoded on the event loop; larger ones on a worker thread
 BUDGET_WAIT_S = 5.0            # how long a large request may wait for decoding memory before a 503
@@ -87,6 +90,13 @@ class HttpApp:
             _only(method, "GET")
             text, content_type = self.server.metrics_text()
             return 200, {"Content-Type": content_type}, text
+        if path in ("/v2/models/stats", "/v2/models/stats/"):
+            _only(method, "GET")
+            return 200, {}, json.dumps(self.model.statistics()).encode()
+        if path == "/v2/repository/index":
+            _only(method, "POST")
+            ready_only = _json_object(await self._read(request), "repository index request").get("ready", False)
+            return 200, {}, json.dumps(self.model.repository_index(ready_only is True)).encode()
         match = _MODEL_PATH.match(path)
         if not match:
             raise OipError(P.NOT_FOUND, f"no route {method} {path}")
@@ -95,6 +105,10 @@ class HttpApp:
             _only(method, "POST")
             return await self._infer(request, name, version or "")
         _only(method, "GET")
+        if action == "/stats":
+            return 200, {}, json.dumps(self.model.statistics(name, version or "")).encode()
+        if action == "/config":
+            return 200, {}, json.dumps(self.model.config(name, version or "")).encode()
         if action == "/ready":
             if name != self.model.name:
                 raise OipError(P.NOT_FOUND, f"unknown model '{name}'; this server serves '{self.model.name}'")
@@ -182,6 +196,19 @@ class HttpApp:
 def _only(method: str, allowed: str) -> None:
     if method != allowed and not (allowed == "GET" and method == "HEAD"):
         raise OipError(METHOD_NOT_ALLOWED, f"method {method} not allowed here (use {allowed})")
+
+
+def _json_object(body: bytes, what: str) -> dict:
+    """A small JSON object body (empty: {}); OipError when it is anything else."""
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise OipError(P.BAD_REQUEST, f"{what} body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise OipError(P.BAD_REQUEST, f"{what} body must be a JSON object")
+    return doc
 
 
 def _error_body(message: str) -> bytes:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ctrkit.runtime.metrics import VersionStatistics
 from serving.oip.protocol import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAVAILABLE, OipError, TensorSpec
 
 PLATFORMS = {"paddle": "paddle_inference", "onnxruntime": "onnxruntime_onnx", "constant": "constant"}
+NOT_SERVED = "not served: this server serves one version, the highest that passed its checks"
+NOT_TRIED = "not loaded yet: newer than the served version, tried at the next version check"
 _DTYPES = {"float32": "FP32", "int64": "INT64", "float64": "FP64", "int32": "INT32"}
 OUTPUT = "prob"
 
@@ -28,6 +31,7 @@ class OipModel:
 
     def __init__(self, runtime, name: str | None = None, backend: str = "paddle"):
         self.runtime = runtime
+        self.backend = backend
         meta = runtime.current.meta
         self.name = name or meta.get("model_name", "model")
         self.platform = PLATFORMS.get(backend, backend)
@@ -49,13 +53,69 @@ class OipModel:
 
     def check(self, name: str, version: str | None) -> None:
         """Raise OipError unless `name` (and `version`, when given) is what this server serves right now."""
-        if name != self.name:
-            raise OipError(NOT_FOUND, f"unknown model '{name}'; this server serves '{self.name}'")
+        self._check_name(name)
         if not self.ready:
             raise OipError(UNAVAILABLE, f"model '{self.name}' is not ready")
         if version and version != self.version:
             raise OipError(NOT_FOUND, f"model '{self.name}' version '{version}' is not served; the served version "
                                       f"is {self.version}")
+
+    def _check_name(self, name: str) -> None:
+        if name != self.name:
+            raise OipError(NOT_FOUND, f"unknown model '{name}'; this server serves '{self.name}'")
+
+    def statistics(self, name: str = "", version: str = "") -> dict:
+        """Triton's statistics extension: {"model_stats": [...]} for every version that is served or has answered
+        requests (or only `version`); `name` "" means every model (this one). Totals since the server started."""
+        if name:
+            self._check_name(name)
+        totals = {v: s for (v, backend), s in self.runtime.metrics.statistics().items()
+                  if backend == self.backend and (s.succeeded or s.failed)}
+        if self.ready:
+            totals.setdefault(self.version, VersionStatistics())
+        if version:
+            if version not in totals:
+                raise OipError(NOT_FOUND, f"model '{self.name}' version '{version}' is not served and has answered "
+                                          f"no requests; versions with statistics: {sorted(totals, key=int)}")
+            totals = {version: totals[version]}
+        return {"model_stats": [_version_statistics(self.name, v, totals[v]) for v in sorted(totals, key=int)]}
+
+    def config(self, name: str, version: str = "") -> dict:
+        """Triton's model configuration extension: the served model as a Triton `config.pbtxt` would declare it
+        (protobuf JSON names; max_batch_size > 0, so dims leave out the batch dimension)."""
+        self.check(name, version)
+        options = self.runtime.options
+        batching = options.batching
+        config = {"name": self.name, "platform": self.platform, "backend": self.backend,
+                  "version_policy": {"latest": {"num_versions": 1}},
+                  "max_batch_size": batching.max_request_batch,
+                  "input": [_config_tensor(t) for t in self.inputs],
+                  "output": [_config_tensor(t) for t in self.outputs],
+                  "instance_group": [{"name": self.name, "count": options.instances,
+                                      "kind": "KIND_GPU" if options.predictor.device == "gpu" else "KIND_CPU",
+                                      "gpus": [options.predictor.gpu_id] if options.predictor.device == "gpu"
+                                      else []}]}
+        if batching.enabled:
+            # the longest a request waits for others to join its model call (--batch_window_ms, --batch_join_us)
+            config["dynamic_batching"] = {"max_queue_delay_microseconds":
+                                          int(max(batching.window_ms * 1000, batching.join_us))}
+        return config
+
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        """Triton's repository index: every version on disk (and the served one), READY or UNAVAILABLE with why."""
+        status = self.runtime.status()
+        serving = status["serving"]
+        on_disk = status["available"] if isinstance(status["available"], list) else []
+        refused = status["refused"]
+        entries = []
+        for v in sorted(set(on_disk) | ({serving} if serving is not None else set())):
+            if v == serving and self.ready:
+                entries.append({"name": self.name, "version": str(v), "state": "READY", "reason": ""})
+            elif not ready_only:
+                reason = refused.get(str(v)) or ("the server is shutting down" if v == serving else
+                                                 NOT_TRIED if serving is not None and v > serving else NOT_SERVED)
+                entries.append({"name": self.name, "version": str(v), "state": "UNAVAILABLE", "reason": reason})
+        return entries
 
     def metadata(self) -> dict:
         return {"name": self.name, "versions": self.versions(), "platform": self.platform,
@@ -83,3 +143,27 @@ class OipModel:
                 raise
             raise OipError(kind, str(e)) from None
         return {OUTPUT: result.probs.reshape(-1, 1)}, str(result.version)
+
+
+def _duration(count: float, seconds: float) -> dict:
+    return {"count": int(count), "ns": int(round(seconds * 1e9))}
+
+
+def _version_statistics(name: str, version: str, s: VersionStatistics) -> dict:
+    """One version's totals in Triton's ModelStatistics shape. Every request's time in the runtime is `success`;
+    its batch's model call is `compute_infer` (input merging and output slicing included, so compute_input and
+    compute_output are 0 ns); the rest, validation and waiting for the batcher, is `queue`. Failed requests are
+    counted, not timed; there is no response cache."""
+    ok = s.succeeded
+    return {"name": name, "version": version, "last_inference": int(s.last_inference_s * 1000),
+            "inference_count": int(s.samples), "execution_count": int(s.model_calls),
+            "inference_stats": {"success": _duration(ok, s.latency_s), "fail": _duration(s.failed, 0.0),
+                                "queue": _duration(ok, max(0.0, s.latency_s - s.compute_s)),
+                                "compute_input": _duration(ok, 0.0), "compute_infer": _duration(ok, s.compute_s),
+                                "compute_output": _duration(ok, 0.0), "cache_hit": _duration(0, 0.0),
+                                "cache_miss": _duration(0, 0.0)},
+            "batch_stats": []}
+
+
+def _config_tensor(t: TensorSpec) -> dict:
+    return {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": list(t.shape[1:])}

@@ -32,7 +32,7 @@ CONTENTS_FIELDS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "in
                    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
                    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
                    "FP32": "fp32_contents", "FP64": "fp64_contents"}
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "statistics", "model_configuration")
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -68,7 +68,7 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
          "bytes": F.TYPE_BYTES}
 
     def fields(msg, spec: list[tuple], oneof: str | None = None) -> None:
-        """spec: (name, number, type or '.inference.Message', repeated?)"""
+        """spec: (name, number, type or '.inference.Message' or 'enum .inference.Enum', repeated?)"""
         if oneof:
             msg.oneof_decl.add(name=oneof)
         for name, number, ftype, repeated in spec:
@@ -76,6 +76,8 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
                               label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
             if ftype in T:
                 f.type = T[ftype]
+            elif ftype.startswith("enum "):
+                f.type, f.type_name = F.TYPE_ENUM, ftype[len("enum "):]
             else:
                 f.type, f.type_name = F.TYPE_MESSAGE, ftype
             if oneof:
@@ -137,24 +139,100 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
     parameters_map(tres, ".inference.ModelInferResponse.InferOutputTensor", 4)
     fields(tres, [("contents", 5, ".inference.InferTensorContents", False)])
 
+    _statistics_messages(message)
+    _config_messages(message, fields, fdp)
+
     service = fdp.service.add(name="GRPCInferenceService")
-    for method in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"):
-        request = "ModelInferRequest" if method == "ModelInfer" else f"{method}Request"
+    for method, request in METHODS.items():
         service.method.add(name=method, input_type=f".inference.{request}",
                            output_type=f".inference.{request.replace('Request', 'Response')}")
     return fdp
 
 
+def _statistics_messages(message) -> None:
+    """Triton's statistics extension (grpc_service.proto): ModelStatistics and what it holds."""
+    duration = ".inference.StatisticDuration"
+    message("StatisticDuration", [("count", 1, "uint64", False), ("ns", 2, "uint64", False)])
+    message("InferStatistics", [(name, number, duration, False) for number, name in enumerate(
+        ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss"),
+        start=1)])
+    message("InferResponseStatistics", [(name, number, duration, False) for number, name in enumerate(
+        ("compute_infer", "compute_output", "success", "fail", "empty_response", "cancel"), start=1)])
+    message("InferBatchStatistics", [("batch_size", 1, "uint64", False), ("compute_input", 2, duration, False),
+                                     ("compute_infer", 3, duration, False), ("compute_output", 4, duration, False)])
+    message("MemoryUsage", [("type", 1, "string", False), ("id", 2, "int64", False),
+                            ("byte_size", 3, "uint64", False)])
+    stats = message("ModelStatistics", [
+        ("name", 1, "string", False), ("version", 2, "string", False), ("last_inference", 3, "uint64", False),
+        ("inference_count", 4, "uint64", False), ("execution_count", 5, "uint64", False),
+        ("inference_stats", 6, ".inference.InferStatistics", False),
+        ("batch_stats", 7, ".inference.InferBatchStatistics", True),
+        ("memory_usage", 8, ".inference.MemoryUsage", True),
+        ("response_stats", 9, ".inference.ModelStatistics.ResponseStatsEntry", True)])
+    entry = message("ResponseStatsEntry", [("key", 1, "string", False),
+                                           ("value", 2, ".inference.InferResponseStatistics", False)], parent=stats)
+    entry.options.map_entry = True
+    message("ModelStatisticsRequest", [("name", 1, "string", False), ("version", 2, "string", False)])
+    message("ModelStatisticsResponse", [("model_stats", 1, ".inference.ModelStatistics", True)])
+    message("RepositoryIndexRequest", [("repository_name", 1, "string", False), ("ready", 2, "bool", False)])
+    index = message("RepositoryIndexResponse", [
+        ("models", 1, ".inference.RepositoryIndexResponse.ModelIndex", True)])
+    message("ModelIndex", [("name", 1, "string", False), ("version", 2, "string", False),
+                           ("state", 3, "string", False), ("reason", 4, "string", False)], parent=index)
+
+
+def _config_messages(message, fields, fdp) -> None:
+    """Triton's model configuration extension: the fields of `ModelConfig` (model_config.proto) this server fills,
+    with Triton's numbers and types, so tritonclient reads them; the others are absent (unset on the wire)."""
+    data_type = fdp.enum_type.add(name="DataType")
+    for number, name in enumerate(("INVALID", "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
+                                   "INT32", "INT64", "FP16", "FP32", "FP64", "STRING", "BF16")):
+        data_type.value.add(name=f"TYPE_{name}", number=number)
+    message("ModelConfigRequest", [("name", 1, "string", False), ("version", 2, "string", False)])
+    message("ModelConfigResponse", [("config", 1, ".inference.ModelConfig", False)])
+    message("ModelInput", [("name", 1, "string", False), ("data_type", 2, "enum .inference.DataType", False),
+                           ("dims", 4, "int64", True)])
+    message("ModelOutput", [("name", 1, "string", False), ("data_type", 2, "enum .inference.DataType", False),
+                            ("dims", 3, "int64", True)])
+    policy = message("ModelVersionPolicy", [("latest", 1, ".inference.ModelVersionPolicy.Latest", False)],
+                     oneof="policy_choice")
+    message("Latest", [("num_versions", 1, "uint32", False)], parent=policy)
+    message("ModelDynamicBatching", [("preferred_batch_size", 1, "int32", True),
+                                     ("max_queue_delay_microseconds", 2, "uint64", False)])
+    group = message("ModelInstanceGroup", [("name", 1, "string", False), ("count", 2, "int32", False),
+                                           ("gpus", 3, "int32", True),
+                                           ("kind", 4, "enum .inference.ModelInstanceGroup.Kind", False)])
+    kind = group.enum_type.add(name="Kind")
+    for number, name in enumerate(("KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL")):
+        kind.value.add(name=name, number=number)
+    config = message("ModelConfig", [
+        ("name", 1, "string", False), ("platform", 2, "string", False),
+        ("version_policy", 3, ".inference.ModelVersionPolicy", False), ("max_batch_size", 4, "int32", False),
+        ("input", 5, ".inference.ModelInput", True), ("output", 6, ".inference.ModelOutput", True),
+        ("instance_group", 7, ".inference.ModelInstanceGroup", True), ("backend", 17, "string", False)])
+    fields(config, [("dynamic_batching", 11, ".inference.ModelDynamicBatching", False)], oneof="scheduling_choice")
+
+
+# gRPC method -> request message (the answer is the same name with Response)
+METHODS = {"ServerLive": "ServerLiveRequest", "ServerReady": "ServerReadyRequest", "ModelReady": "ModelReadyRequest",
+           "ServerMetadata": "ServerMetadataRequest", "ModelMetadata": "ModelMetadataRequest",
+           "ModelInfer": "ModelInferRequest", "ModelConfig": "ModelConfigRequest",
+           "ModelStatistics": "ModelStatisticsRequest", "RepositoryIndex": "RepositoryIndexRequest"}
 _POOL = descriptor_pool.DescriptorPool()
 _POOL.Add(_file_descriptor())
+# messages defined exactly as in Triton's grpc_service.proto (every field)
 MESSAGES = {name: message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
             for name in ("ServerLiveRequest", "ServerLiveResponse", "ServerReadyRequest", "ServerReadyResponse",
                          "ModelReadyRequest", "ModelReadyResponse", "ServerMetadataRequest", "ServerMetadataResponse",
                          "ModelMetadataRequest", "ModelMetadataResponse", "InferParameter", "InferTensorContents",
-                         "ModelInferRequest", "ModelInferResponse")}
-METHODS = {"ServerLive": "ServerLiveRequest", "ServerReady": "ServerReadyRequest", "ModelReady": "ModelReadyRequest",
-           "ServerMetadata": "ServerMetadataRequest", "ModelMetadata": "ModelMetadataRequest",
-           "ModelInfer": "ModelInferRequest"}
+                         "ModelInferRequest", "ModelInferResponse", "ModelStatisticsRequest",
+                         "ModelStatisticsResponse", "ModelStatistics", "InferStatistics", "InferResponseStatistics",
+                         "InferBatchStatistics", "StatisticDuration", "MemoryUsage", "RepositoryIndexRequest",
+                         "RepositoryIndexResponse", "ModelConfigRequest", "ModelConfigResponse")}
+# ModelConfig (model_config.proto) and the messages it holds: only the fields this server fills
+CONFIG_MESSAGES = {name: message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+                   for name in ("ModelConfig", "ModelInput", "ModelOutput",
+                                "ModelVersionPolicy", "ModelDynamicBatching", "ModelInstanceGroup")}
 
 
 def file_descriptor_proto() -> descriptor_pb2.FileDescriptorProto:
