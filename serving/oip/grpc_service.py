@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ctrkit.runtime import loop_arrivals
 from serving.oip import protocol as P
 from serving.oip.protocol import OipError
-from serving.rpc.grpc_transport import ArrivalInterceptor
+from serving.rpc.grpc_transport import MethodTable
 
 log = logging.getLogger("serving.oip")
 
@@ -79,7 +79,7 @@ def _wrap(server, method: str, fn):
 
     async def call(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if is_async:
-            loop_arrivals().arrived()  # announced by ArrivalInterceptor: decoded and queued in this step
+            loop_arrivals().arrived()  # announced by MethodTable: decoded and queued in this step
         try:
             request = P.decode_grpc_message(request_type, body)
             answer = await fn(request, context) if is_async else fn(request, context)
@@ -109,11 +109,10 @@ class GrpcFrontEnd:
                    ("grpc.max_send_message_length", max_message_bytes)]
         # ModelInfer calls are announced to the runtime's loop batcher as they start (--batch_join_us)
         join = server.model.runtime.options.batching.join_us
-        self.grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs,
-                                    interceptors=[ArrivalInterceptor({f"/{P.SERVICE}/ModelInfer"})] if join else [])
+        self.grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
         methods = {name: grpc.unary_unary_rpc_method_handler(_wrap(server, name, fn))
                    for name, fn in _handlers(server).items()}
-        self.grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(P.SERVICE, methods),))
+        self.grpc.add_generic_rpc_handlers((MethodTable(P.SERVICE, methods, {"ModelInfer"} if join else set()),))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         await self.set_serving(False)

@@ -25,19 +25,22 @@ def _ascii(text: str) -> str:
     return text.encode("ascii", "backslashreplace").decode("ascii").replace("\n", " ")
 
 
-class ArrivalInterceptor(grpc.aio.ServerInterceptor):
-    """Announces each call of `methods` to the runtime's loop batcher as soon as grpc starts it (before its message
-    is read), so a model call about to run waits (--batch_join_us at most) for it to join the batch; the handler
-    says `arrived()` when it starts. gRPC hands calls to the loop one completion at a time, so without this they
-    rarely merge."""
+class MethodTable(grpc.GenericRpcHandler):
+    """The server's methods by full name. grpc calls `service()` as it starts each call, before the message is
+    read: for the methods in `announce` it tells the runtime's loop batcher that a request is arriving, so a model
+    call about to run waits (--batch_join_us at most) for it to join the batch; the handler says `arrived()` when
+    it starts. gRPC hands calls to the loop one completion at a time, so without this they rarely merge. (A lookup
+    table, not a grpc.aio interceptor: an interceptor wraps every call in extra coroutines.)"""
 
-    def __init__(self, methods: set[str]):
-        self.methods = methods
+    def __init__(self, service: str, handlers: dict[str, grpc.RpcMethodHandler], announce: set[str]):
+        self.handlers = {f"/{service}/{method}": handler for method, handler in handlers.items()}
+        self.announce = {f"/{service}/{method}" for method in announce}
 
-    async def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method in self.methods:
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        if method in self.announce:
             loop_arrivals().expect()
-        return await continuation(handler_call_details)
+        return self.handlers.get(method)
 
 
 def _handler(service: InferenceService):
@@ -66,13 +69,11 @@ class GrpcTransport:
         options = [("grpc.so_reuseport", int(reuse_port)),
                    ("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
-        interceptors = [ArrivalInterceptor({f"/{P.SERVICE}/inference", f"/{P.SERVICE}/debug"})] \
-            if service.runtime.options.batching.join_us else []
-        self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs,
-                                      interceptors=interceptors)
+        self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
         handler = grpc.unary_unary_rpc_method_handler(_handler(service))
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(P.SERVICE, {"inference": handler, "debug": handler}),))
+        announce = {"inference", "debug"} if service.runtime.options.batching.join_us else set()
+        self.server.add_generic_rpc_handlers((MethodTable(P.SERVICE, {"inference": handler, "debug": handler},
+                                                          announce),))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         await self.set_serving(False)
