@@ -1,10 +1,10 @@
 """Text -> binary shards, once (`tools/prepare_criteo.py`); the shard format is in `ctrkit.shards`.
 
-Input: files and/or directories of raw Criteo (e.g. `train.txt`) or slot-format text, read in the given order as
-one stream of lines and parsed by the data layer (`ctrkit.data.parsing.parse_block`), exactly as training on the
-text would parse them.
+Input: files and/or directories of raw Criteo (e.g. `train.txt`) or slot-format text, or the files of any declared
+dataset schema (slot format, CSV / TSV with or without a header), read in the given order as one stream of lines
+and parsed by the data layer (`ctrkit.data.parsing.parse_block`), exactly as training on the text would parse them.
 
-Split: line g of the stream (0-based, every line counted, bad ones too) goes to split s when u(g) falls in s's
+Split: line g of the stream (0-based, every line counted, bad ones and header lines too) goes to split s when u(g) falls in s's
 share of [0, 1), where u(g) is splitmix64(g + seed * 0x9E3779B97F4A7C15) / 2^64, a fixed pseudo-random function
 of (seed, g). So the split is deterministic, needs no line count up front, does not depend on how the work is
 cut or parallelised, and its ratios are exact up to sampling noise (~0.01% on 45M lines).
@@ -32,13 +32,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from collections import Counter
+
 import numpy as np
 
-from ctrkit.data.parsing import DataFormatError, Layout, find_layout, parse_block
+from ctrkit.data.parsing import DataFormatError, Layout, _blank_layout, find_layout, parse_block
 from ctrkit.data.reader import iter_blocks, list_data_files
-from ctrkit.data.spec import FeatureSpec
-from ctrkit.shards import (MANIFEST, SHARD_NAME, ShardFileWriter, check_shard_files, column_layout, id_dtype_for,
-                           write_json_atomic, write_manifest)
+from ctrkit.shards import (MANIFEST, SHARD_NAME, ShardFileWriter, check_shard_files, id_dtype_for, spec_columns,
+                           spec_of_record, spec_record, write_json_atomic, write_manifest)
 
 log = logging.getLogger("ctrkit.prepare")
 
@@ -94,19 +95,24 @@ class _Task:
 
 @dataclass(frozen=True)
 class _Settings:
-    spec: FeatureSpec
+    spec: object        # FeatureSpec | FeatureSchema
     skip_bad: bool
     seed: int
     bounds: tuple[float, ...]  # upper bounds of the splits' shares of [0, 1), the last one 1.0
 
 
-def _parse_task(task: _Task, settings: _Settings) -> tuple[list[dict[str, np.ndarray] | None], list[DataFormatError]]:
-    """Parse one block and divide its rows among the splits: (per split its columns or None, skipped lines)."""
+def _parse_task(task: _Task, settings: _Settings) -> tuple[list[dict[str, np.ndarray] | None],
+                                                             list[DataFormatError], Counter]:
+    """Parse one block and divide its rows among the splits: (per split its columns or None, skipped lines,
+    truncated multi-valued lists per field)."""
+    truncated: Counter = Counter()
     batch, errors = parse_block(task.block, task.layout, settings.spec, task.source, task.first_line,
-                                settings.skip_bad)
-    kept = np.arange(task.block.count(b"\n"))
-    if errors:
-        kept = np.delete(kept, [e.line_number - task.first_line for e in errors])
+                                settings.skip_bad, truncated)
+    not_rows = [e.line_number - task.first_line for e in errors]
+    header = task.layout.header_line - task.first_line
+    if task.layout.header_line and 0 <= header < task.block.count(b"\n"):
+        not_rows.append(header)  # a CSV / TSV header: a line of the stream, not a row
+    kept = np.delete(np.arange(task.block.count(b"\n")), not_rows)
     which = np.searchsorted(np.asarray(settings.bounds), split_uniform(task.global_line + kept, settings.seed),
                             side="right")
     id_dtype = id_dtype_for(settings.spec)
@@ -120,7 +126,7 @@ def _parse_task(task: _Task, settings: _Settings) -> tuple[list[dict[str, np.nda
         if batch.label is not None:
             columns["label"] = batch.label[mask]
         out.append(columns)
-    return out, errors
+    return out, errors, truncated
 
 
 # -------------------------------------------------------------------------------------------------- reading
@@ -152,7 +158,7 @@ def _cut_after_lines(block: bytes, lines: int) -> int:
 class _InputReader:
     """The input stream from a position on, as `_Task`s cut at shard boundaries and `_ShardEnd` markers."""
 
-    def __init__(self, files: list[str], spec: FeatureSpec, lines_per_shard: int, block_bytes: int,
+    def __init__(self, files: list[str], spec, lines_per_shard: int, block_bytes: int,
                  labeled: bool | None):
         self.files, self.spec = files, spec
         self.lines_per_shard, self.block_bytes = lines_per_shard, block_bytes
@@ -175,7 +181,7 @@ class _InputReader:
                     lines = block.count(b"\n")
                     take = min(lines, shard_end - global_line)
                     cut = len(block) if take == lines else _cut_after_lines(block, take)
-                    yield _Task(block[:cut], layout or Layout("slot", False), path, first_line, global_line)
+                    yield _Task(block[:cut], layout or _blank_layout(self.spec), path, first_line, global_line)
                     block, offset = block[cut:], offset + cut
                     first_line, global_line = first_line + take, global_line + take
                     if global_line == shard_end:
@@ -201,6 +207,14 @@ class _InputReader:
 
 # -------------------------------------------------------------------------------------------------- journal
 
+def _layout_of_json(value: list | None) -> Layout | None:
+    """A Layout saved in the journal (JSON turned its columns tuple into a list)."""
+    if not value:
+        return None
+    fmt, labeled, columns, header_line = value
+    return Layout(fmt, labeled, tuple(columns) if columns is not None else None, header_line)
+
+
 def _fingerprint(files: Sequence[str]) -> list[dict]:
     return [{"path": os.path.abspath(f), "size": os.path.getsize(f), "mtime_ns": os.stat(f).st_mtime_ns}
             for f in files]
@@ -209,7 +223,7 @@ def _fingerprint(files: Sequence[str]) -> list[dict]:
 def _new_journal(inputs: list[dict], options: dict) -> dict:
     return {"format": JOURNAL_FORMAT, "version": 1, "inputs": inputs, "options": options, "complete": False,
             "shards_done": 0, "position": _Position(0, 0, 1, 0).to_dict(), "layout": None, "labeled": None,
-            "skipped_lines": 0, "shards": {name: [] for name in options["splits"]}}
+            "skipped_lines": 0, "truncated": {}, "shards": {name: [] for name in options["splits"]}}
 
 
 def _load_journal(out_dir: str, inputs: list[dict], options: dict) -> dict:
@@ -230,17 +244,18 @@ def _load_journal(out_dir: str, inputs: list[dict], options: dict) -> dict:
         changed = sorted(k for k in options if journal["options"].get(k) != options[k])
         raise PrepareError(f"{out_dir} was prepared with other options ({', '.join(changed)}); use the same "
                            f"options to resume, or a new output directory")
+    journal.setdefault("truncated", {})  # journals written before truncation was counted
     return journal
 
 
 def _clean_unfinished(out_dir: str, journal: dict) -> None:
     """Check the journal's finished shards are intact (sizes) and remove files of unfinished ones."""
     finished = {name: {entry["name"] for entry in entries} for name, entries in journal["shards"].items()}
-    id_dtype = id_dtype_for(FeatureSpec.from_dict(journal["options"]["feature_spec"]))
+    spec = spec_of_record(journal["options"])
     for split, entries in journal["shards"].items():
         directory = os.path.join(out_dir, split)
         if entries:
-            columns = column_layout(bool(journal["labeled"]), id_dtype)
+            columns = spec_columns(spec, bool(journal["labeled"]))
             for entry in entries:
                 check_shard_files(directory, entry, columns, checksums=False)
         if not os.path.isdir(directory):
@@ -253,20 +268,18 @@ def _clean_unfinished(out_dir: str, journal: dict) -> None:
 
 # -------------------------------------------------------------------------------------------------- prepare
 
-def prepare(inputs: str | Sequence[str], out_dir: str, spec: FeatureSpec, *,
+def prepare(inputs: str | Sequence[str], out_dir: str, spec, *,
             splits: dict[str, float] | None = None, seed: int = 0,
             lines_per_shard: int = DEFAULT_LINES_PER_SHARD, workers: int | None = None, skip_bad: bool = False,
             block_bytes: int = DEFAULT_BLOCK_BYTES, progress: bool = True) -> dict:
     """Preprocess `inputs` into shard directories `<out_dir>/<split>/`; returns a summary (rows per split,
-    lines read, skipped lines, seconds, lines/s). Resumes an interrupted run into the same `out_dir`."""
-    from ctrkit.shards import criteo_only
-
-    spec = criteo_only(spec, f"prepare {out_dir}")  # a FeatureSpec, or a FeatureSchema that is Criteo's
+    lines read, skipped lines, truncated multi-valued lists per field, seconds, lines/s). `spec`: a FeatureSpec
+    or a dataset schema (FeatureSchema). Resumes an interrupted run into the same `out_dir`."""
     splits = dict(splits or DEFAULT_SPLITS)
     if lines_per_shard <= 0:
         raise PrepareError(f"lines_per_shard must be positive, got {lines_per_shard}")
     files = list_data_files(inputs)
-    options = {"feature_spec": spec.to_dict(), "splits": splits, "seed": seed, "lines_per_shard": lines_per_shard,
+    options = {**spec_record(spec), "splits": splits, "seed": seed, "lines_per_shard": lines_per_shard,
                "skip_bad": skip_bad}
     journal = _load_journal(out_dir, _fingerprint(files), options)
     if journal["complete"]:
@@ -285,8 +298,9 @@ def prepare(inputs: str | Sequence[str], out_dir: str, spec: FeatureSpec, *,
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)  # a split may have no rows at all
         write_manifest(os.path.join(out_dir, split), split=split, spec=spec, labeled=bool(journal["labeled"]),
                        shards=journal["shards"][split],
-                       source={"inputs": journal["inputs"], **{k: v for k, v in options.items() if k != "feature_spec"},
-                               "skipped_lines": journal["skipped_lines"]})
+                       source={"inputs": journal["inputs"],
+                               **{k: v for k, v in options.items() if k not in ("feature_spec", "schema")},
+                               "skipped_lines": journal["skipped_lines"], "truncated": journal["truncated"]})
     journal["complete"] = True
     write_json_atomic(os.path.join(out_dir, JOURNAL), journal)
     seconds = time.perf_counter() - start
@@ -296,6 +310,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, spec: FeatureSpec, *,
 def _summary(journal: dict, seconds: float, lines: int) -> dict:
     return {"rows": {split: sum(e["rows"] for e in entries) for split, entries in journal["shards"].items()},
             "lines": journal["position"]["global_line"], "skipped_lines": journal["skipped_lines"],
+            "truncated": journal["truncated"],
             "shards": journal["shards_done"], "seconds": round(seconds, 2),
             "lines_per_s": round(lines / seconds) if seconds > 0 else None}
 
@@ -303,8 +318,8 @@ def _summary(journal: dict, seconds: float, lines: int) -> dict:
 class _ShardBuilder:
     """The shards (one per split) of the input shard being written."""
 
-    def __init__(self, out_dir: str, splits: list[str], spec: FeatureSpec):
-        self.out_dir, self.splits, self.id_dtype = out_dir, splits, id_dtype_for(spec)
+    def __init__(self, out_dir: str, splits: list[str], spec):
+        self.out_dir, self.splits, self.spec = out_dir, splits, spec
         self.writers: dict[str, ShardFileWriter] = {}
 
     def add(self, shard: int, parts: list[dict | None], labeled: bool) -> None:
@@ -314,7 +329,8 @@ class _ShardBuilder:
             if split not in self.writers:
                 directory = os.path.join(self.out_dir, split)
                 os.makedirs(directory, exist_ok=True)
-                self.writers[split] = ShardFileWriter(directory, SHARD_NAME.format(shard), labeled, self.id_dtype)
+                self.writers[split] = ShardFileWriter(directory, SHARD_NAME.format(shard),
+                                                      spec_columns(self.spec, labeled))
             self.writers[split].append(columns)
 
     def finish(self) -> dict[str, dict]:
@@ -327,12 +343,12 @@ class _ShardBuilder:
             writer.abort()
 
 
-def _run(files: list[str], out_dir: str, spec: FeatureSpec, journal: dict, splits: dict[str, float],
+def _run(files: list[str], out_dir: str, spec, journal: dict, splits: dict[str, float],
          block_bytes: int, workers: int, progress: bool) -> None:
     from tqdm import tqdm
 
     position = _Position(**journal["position"])
-    layout = Layout(*journal["layout"]) if journal["layout"] else None
+    layout = _layout_of_json(journal["layout"])
     reader = _InputReader(files, spec, journal["options"]["lines_per_shard"], block_bytes, journal["labeled"])
     bounds = tuple(np.cumsum(list(splits.values()))[:-1].tolist()) + (1.0,)
     settings = _Settings(spec, journal["options"]["skip_bad"], journal["options"]["seed"], bounds)
@@ -361,8 +377,10 @@ def _run(files: list[str], out_dir: str, spec: FeatureSpec, journal: dict, split
             log.debug("shard %d done: %s", item.shard, {s: e["rows"] for s, e in entries.items()})
             return
         task, result = item
-        parts, errors = result.get()
+        parts, errors, truncated = result.get()
         builder.add(current_shard, parts, bool(reader.labeled))
+        for field, count in truncated.items():
+            journal["truncated"][field] = journal["truncated"].get(field, 0) + count
         if errors:
             journal["skipped_lines"] += len(errors)
             count, first = skipped_by_file.get(task.source, (0, errors[0]))

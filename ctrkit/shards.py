@@ -2,11 +2,15 @@
 
 A shard directory (one per split, written by `tools/prepare_criteo.py`) holds
 
-    manifest.json         format, rows, labels or not, id dtype, the FeatureSpec the rows were made with, and
-                          per shard its row count and each file's size and SHA-256
-    part-00000.dense      float32 [rows, 13]   \\
-    part-00000.sparse     int32 [rows, 26]      } little-endian, C order, no header: np.memmap(path, dtype, shape)
-    part-00000.label      float32 [rows, 1]    /  (no .label file for unlabeled data)
+    manifest.json         format, rows, labels or not, id dtype, column widths, the preprocessing the rows were
+                          made with (`feature_spec` for Criteo, `schema` for any other declared dataset schema),
+                          and per shard its row count and each file's size and SHA-256
+    part-00000.dense      float32 [rows, n_dense]       \\   little-endian, C order, no header:
+    part-00000.sparse     int32 [rows, sparse_width]     }  np.memmap(path, dtype, shape)
+    part-00000.label      float32 [rows, 1]             /   (no .label file for unlabeled data)
+
+Criteo rows are 13 dense values and 26 ids; a declared schema's are its numeric fields and its sparse columns (one
+per categorical field, `max_len` per multi-valued one, padded with 0), exactly the batches its text files parse to.
 
 Ids are stored as int32 (half the bytes of int64) whenever sparse_feature_number fits, and become int64 in the
 batches. `open_shards` checks every file's size against the manifest (a truncated or partial shard is refused at
@@ -31,9 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctrkit.data.parsing import Batch
+from ctrkit.data.parsing import Batch, criteo_spec
 from ctrkit.fsutil import write_json_atomic  # noqa: F401  (prepare.py imports it from here)
 from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS, FeatureSpec
+from ctrkit.schema import FeatureSchema
 
 log = logging.getLogger("ctrkit.shards")
 
@@ -52,25 +57,41 @@ class ShardError(ValueError):
     """A shard directory is missing, partial, corrupt or does not fit the configuration."""
 
 
-def criteo_only(spec, where: str) -> FeatureSpec:
-    """The Criteo FeatureSpec of `spec` (FeatureSpec or FeatureSchema); ShardError for any other schema."""
-    from ctrkit.data.parsing import criteo_spec
+# The schema entries that decide the stored values (format, header, columns and strict only say how text is read).
+SCHEMA_VALUE_FIELDS = ("sparse_feature_number", "categorical_hash", "label", "numeric", "categorical",
+                       "multi_valued")
 
+
+def spec_record(spec) -> dict:
+    """What a manifest (and the preparation journal) records of the preprocessing: {"feature_spec": ...} for
+    Criteo (a FeatureSpec, or a FeatureSchema that is Criteo's), {"schema": ...} for any other dataset schema."""
     criteo = criteo_spec(spec)
-    if criteo is None:
-        raise ShardError(f"{where}: binary shards hold Criteo rows (13 dense features, 26 slots) and do not support "
-                         f"the dataset schema {spec.name!r} yet; train on its text files instead")
-    return criteo
+    return {"feature_spec": criteo.to_dict()} if criteo is not None else {"schema": spec.to_dict()}
 
 
-def id_dtype_for(spec: FeatureSpec) -> np.dtype:
+def spec_of_record(record: dict):  # -> FeatureSpec | FeatureSchema
+    """The inverse of `spec_record` (extra keys of `record` are ignored)."""
+    if "schema" in record:
+        return FeatureSchema.from_dict(record["schema"])
+    return FeatureSpec.from_dict(record["feature_spec"])
+
+
+def row_widths(spec) -> tuple[int, int]:
+    """(dense values, sparse ids) per row of `spec`'s batches."""
+    if criteo_spec(spec) is not None:
+        return NUM_DENSE, NUM_SLOTS
+    return spec.n_dense, spec.sparse_width
+
+
+def id_dtype_for(spec) -> np.dtype:
     """int32 when every id of the spec fits, else int64."""
     return np.dtype(np.int32 if spec.sparse_feature_number <= np.iinfo(np.int32).max + 1 else np.int64)
 
 
-def column_layout(labeled: bool, id_dtype: np.dtype) -> dict[str, tuple[np.dtype, int]]:
-    """Column name -> (little-endian dtype, values per row), in file-suffix order."""
-    columns = {"dense": (np.dtype("<f4"), NUM_DENSE), "sparse": (np.dtype(id_dtype).newbyteorder("<"), NUM_SLOTS)}
+def column_layout(labeled: bool, id_dtype: np.dtype, widths: tuple[int, int] = (NUM_DENSE, NUM_SLOTS)
+                  ) -> dict[str, tuple[np.dtype, int]]:
+    """Column name -> (little-endian dtype, values per row), in file-suffix order; `widths`: (dense, sparse)."""
+    columns = {"dense": (np.dtype("<f4"), widths[0]), "sparse": (np.dtype(id_dtype).newbyteorder("<"), widths[1])}
     if labeled:
         columns["label"] = (np.dtype("<f4"), 1)
     return columns
@@ -92,9 +113,9 @@ class ShardFileWriter:
     """Appends batches to one shard's column files (as hidden temporaries), hashing as it goes; `close()`
     renames them into place and returns the shard's manifest entry."""
 
-    def __init__(self, directory: str, name: str, labeled: bool, id_dtype: np.dtype):
+    def __init__(self, directory: str, name: str, columns: dict[str, tuple[np.dtype, int]]):
         self.directory, self.name, self.rows = directory, name, 0
-        self.columns = column_layout(labeled, id_dtype)
+        self.columns = columns
         self._files = {c: open(self._tmp_path(c), "wb") for c in self.columns}
         self._hashes = {c: hashlib.sha256() for c in self.columns}
 
@@ -107,6 +128,8 @@ class ShardFileWriter:
             data = np.ascontiguousarray(columns[column], dtype=dtype)
             if data.shape != (rows, width):
                 raise ValueError(f"{column}: expected shape ({rows}, {width}), got {data.shape}")
+            if not data.size:  # a zero-width column (a schema without numeric fields): an empty file
+                continue
             raw = data.data.cast("B")
             self._files[column].write(raw)
             self._hashes[column].update(raw)
@@ -130,13 +153,18 @@ class ShardFileWriter:
                 os.remove(self._tmp_path(column))
 
 
-def write_manifest(directory: str, *, split: str, spec: FeatureSpec, labeled: bool, shards: list[dict],
-                   source: dict) -> dict:
-    id_dtype = id_dtype_for(spec)
+def spec_columns(spec, labeled: bool) -> dict[str, tuple[np.dtype, int]]:
+    """The column files of shards holding `spec`'s rows."""
+    return column_layout(labeled, id_dtype_for(spec), row_widths(spec))
+
+
+def write_manifest(directory: str, *, split: str, spec, labeled: bool, shards: list[dict], source: dict) -> dict:
+    """`spec`: a FeatureSpec or FeatureSchema."""
+    columns = spec_columns(spec, labeled)
     manifest = {"format": FORMAT, "version": VERSION, "split": split,
-                "rows": sum(s["rows"] for s in shards), "labeled": labeled, "id_dtype": id_dtype.name,
-                "feature_spec": spec.to_dict(),
-                "columns": {c: {"dtype": d.name, "width": w} for c, (d, w) in column_layout(labeled, id_dtype).items()},
+                "rows": sum(s["rows"] for s in shards), "labeled": labeled, "id_dtype": id_dtype_for(spec).name,
+                **spec_record(spec),
+                "columns": {c: {"dtype": d.name, "width": w} for c, (d, w) in columns.items()},
                 "source": source, "shards": shards}
     write_json_atomic(os.path.join(directory, MANIFEST), manifest)
     return manifest
@@ -186,7 +214,7 @@ class ShardSet:
 
     @property
     def columns(self) -> dict[str, tuple[np.dtype, int]]:
-        return column_layout(self.labeled, np.dtype(self.manifest["id_dtype"]))
+        return _manifest_columns(self.manifest)
 
     @property
     def shard_rows(self) -> list[int]:
@@ -196,7 +224,8 @@ class ShardSet:
         """Rows [start, stop) of shard number `shard` as columns [dense, sparse(, label)]."""
         name = self.manifest["shards"][shard]["name"]
         return [np.fromfile(os.path.join(self.directory, f"{name}.{column}"), dtype=dtype,
-                            count=(stop - start) * width, offset=start * width * dtype.itemsize).reshape(-1, width)
+                            count=(stop - start) * width, offset=start * width * dtype.itemsize
+                            ).reshape(stop - start, width)
                 for column, (dtype, width) in self.columns.items()]
 
     @property
@@ -204,18 +233,46 @@ class ShardSet:
         return self.manifest["labeled"]
 
     @property
-    def spec(self) -> FeatureSpec:
-        return FeatureSpec.from_dict(self.manifest["feature_spec"])
+    def spec(self):  # -> FeatureSpec | FeatureSchema
+        return spec_of_record(self.manifest)
 
     def check_spec(self, spec, what: str = "the configuration") -> None:
-        """Raise ShardError when the rows were made with other preprocessing values than `spec`'s (a FeatureSpec
-        or a FeatureSchema; shards hold Criteo rows only, so any other schema is refused)."""
-        spec = criteo_only(spec, f"{self.directory}: {what}")
-        mine, theirs = self.manifest["feature_spec"], spec.to_dict()
-        differ = [k for k in SPEC_VALUE_FIELDS if mine[k] != theirs[k]]
+        """Raise ShardError when the rows were made with other preprocessing than `spec`'s (a FeatureSpec or a
+        FeatureSchema): another dataset schema, or other values of the entries that decide the stored rows."""
+        record = spec_record(spec)
+        (mine_kind, mine), (their_kind, theirs) = _value_entries(self.manifest), _value_entries(record)
+        differ = [k for k in mine if mine[k] != theirs.get(k)]
+        if mine_kind != their_kind or (differ and _describe(self.manifest) != _describe(record)):
+            raise ShardError(f"{self.directory}: shards hold rows of {_describe(self.manifest)}, {what} declares "
+                             f"{_describe(record)}; prepare shards with that config (tools/prepare_criteo.py -m)")
         if differ:
-            details = "; ".join(f"{k}: shards {mine[k]!r}, {what} {theirs[k]!r}" for k in differ)
-            raise ShardError(f"{self.directory}: shards were prepared with a different feature spec ({details})")
+            details = "; ".join(f"{k}: shards {_short(mine[k])}, {what} {_short(theirs.get(k))}" for k in differ)
+            raise ShardError(f"{self.directory}: shards were prepared with a different "
+                             f"{'feature spec' if mine_kind == 'feature_spec' else 'dataset schema'} ({details})")
+
+
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _value_entries(record: dict) -> tuple[str, dict]:
+    """("feature_spec" | "schema", the entries of it that decide the stored values)."""
+    if "schema" in record:
+        return "schema", {k: record["schema"].get(k) for k in SCHEMA_VALUE_FIELDS}
+    return "feature_spec", {k: record["feature_spec"][k] for k in SPEC_VALUE_FIELDS}
+
+
+def _describe(record: dict) -> str:
+    if "schema" in record:
+        return f"the dataset schema {record['schema'].get('name')!r}"
+    return "Criteo (13 dense features, 26 slots)"
+
+
+def _manifest_columns(manifest: dict) -> dict[str, tuple[np.dtype, int]]:
+    """The column files a manifest declares."""
+    widths = (manifest["columns"]["dense"]["width"], manifest["columns"]["sparse"]["width"])
+    return column_layout(manifest["labeled"], np.dtype(manifest["id_dtype"]), widths)
 
 
 def _read_manifest(directory: str) -> dict:
@@ -232,6 +289,13 @@ def _read_manifest(directory: str) -> dict:
         raise ShardError(f"{path}: not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
         raise ShardError(f"{path}: manifest version {manifest.get('version')!r}, this reader knows {VERSION}")
+    try:
+        _manifest_columns(manifest)
+        spec_of_record(manifest)
+        if not isinstance(manifest["rows"], int) or not isinstance(manifest["shards"], list):
+            raise TypeError("rows / shards")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShardError(f"{path}: incomplete or malformed manifest ({type(exc).__name__}: {exc})") from None
     return manifest
 
 
@@ -239,7 +303,7 @@ def open_shards(directory: str | os.PathLike, *, checksums: bool = True) -> Shar
     """Open and verify a shard directory (sizes always, SHA-256 with `checksums`)."""
     directory = os.fspath(directory)
     manifest = _read_manifest(directory)
-    columns = column_layout(manifest["labeled"], np.dtype(manifest["id_dtype"]))
+    columns = _manifest_columns(manifest)
     start = time.perf_counter()
     for entry in manifest["shards"]:
         check_shard_files(directory, entry, columns, checksums=False)

@@ -307,15 +307,52 @@ def test_fixed_order_slot_files_take_the_fixed_path_and_agree(tmp_path):
     assert_same_batches(fast, slow)
 
 
-def test_binary_shards_refuse_other_schemas_clearly(tmp_path):
+@pytest.mark.parametrize("name", ["csv", "slot"])
+def test_binary_shards_hold_a_schemas_rows_exactly(name, tmp_path):
+    """tools/prepare_criteo.py's engine on a declared schema (CSV with a header in every file, a zero-width dense
+    column or slot format, multi-valued fields): across 2 files, shard and block boundaries and 2 worker processes,
+    every split holds exactly the rows the text reader gives for its lines, in order; truncations are counted."""
+    from ctrkit.prepare import DEFAULT_SPLITS, prepare, split_uniform
+    from ctrkit.shards import iter_shard_batches, open_shards
+
+    schema = MOVIELENS.with_options(numeric=()) if name == "csv" else SLOT_SCHEMA
+    generate_schema_dataset(str(tmp_path / "text"), schema, 2500, seed=7, files=2)
+    files = sorted(str(p) for p in (tmp_path / "text").iterdir())
+    summary = prepare(files, str(tmp_path / "shards"), schema, lines_per_shard=700, block_bytes=8192, workers=2,
+                      progress=False)
+    stream = iter_batches(files, schema, batch_size=100_000)
+    want = [np.concatenate(column) for column in zip(*stream)]
+    header = 1 if schema.header else 0
+    first = sum(len(b.dense) for b in iter_batches(files[0], schema, batch_size=100_000))
+    # every line of the stream counts for the split, the header line of each file too
+    stream_index = np.concatenate([header + np.arange(first), 2 * header + first + np.arange(len(want[0]) - first)])
+    which = np.searchsorted(np.cumsum(list(DEFAULT_SPLITS.values())), split_uniform(stream_index, 0), side="right")
+    assert summary["truncated"] == dict(stream.truncated) and summary["skipped_lines"] == 0
+    for number, split in enumerate(DEFAULT_SPLITS):
+        shards = open_shards(tmp_path / "shards" / split)
+        shards.check_spec(schema)
+        got = [np.concatenate(column) for column in zip(*iter_shard_batches(shards, 100_000))]
+        assert shards.rows == int((which == number).sum()) > 0
+        for have, expected in zip(got, want):
+            np.testing.assert_array_equal(have, expected[which == number])
+        assert got[0].shape[1] == schema.n_dense and got[1].shape[1] == schema.sparse_width
+
+
+def test_shards_of_another_schema_are_refused_by_name(tmp_path):
     from ctrkit.prepare import prepare
-    from ctrkit.shards import ShardError, criteo_only
+    from ctrkit.shards import ShardError, open_shards
 
     path = write(tmp_path / "ml.csv", [HEADER, *ROWS])
-    with pytest.raises(ShardError, match=r"binary shards hold Criteo rows \(13 dense features, 26 slots\) and do "
-                                         r"not support the dataset schema 'movielens' yet; train on its text files"):
-        prepare(path, str(tmp_path / "shards"), MOVIELENS, progress=False)
-    assert criteo_only(criteo_schema(77), "x") == FeatureSpec(sparse_feature_number=77)
+    prepare(path, str(tmp_path / "shards"), MOVIELENS, splits={"all": 1.0}, progress=False)
+    shards = open_shards(tmp_path / "shards" / "all")
+    assert shards.spec == MOVIELENS and shards.rows == 4
+    with pytest.raises(ShardError, match=r"shards hold rows of the dataset schema 'movielens', cfg declares "
+                                         r"Criteo \(13 dense features, 26 slots\); prepare shards with that config"):
+        shards.check_spec(criteo_schema(), "cfg")
+    other = MOVIELENS.with_options(multi_valued=(), name="movielens")
+    with pytest.raises(ShardError, match=r"different dataset schema \(multi_valued: shards \[\{'name': 'genres'"):
+        shards.check_spec(other, "cfg")
+    shards.check_spec(MOVIELENS.with_options(name="renamed", strict=False), "cfg")  # same rows: accepted
 
 
 def test_convert_a_schema_to_paddlerec_slot_format(generated, tmp_path):

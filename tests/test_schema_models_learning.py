@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import models  # noqa: F401
-from ctrkit.config import load_config
+from ctrkit.config import ConfigError, load_config
 from ctrkit.data import iter_batches
 from ctrkit.data.synthetic_schema import generate_schema_dataset
 from ctrkit.export import export_from_config
@@ -150,3 +150,39 @@ def test_tools_end_to_end(name, data, tmp_path):
     for predictor in (create_predictor(str(out), PredictorOptions(onednn=False)), create_onnx_predictor(str(out))):
         np.testing.assert_allclose(predictor.predict(dense, sparse), expected, rtol=0, atol=2e-6)
     assert paddle.__version__  # the same process can still use paddle afterwards
+
+
+@pytest.mark.parametrize("name", ["avazu", "movielens"])
+def test_training_on_a_schemas_shards_equals_training_on_its_text(name, data, tmp_path, monkeypatch):
+    """tools/prepare_criteo.py -m <dataset config> makes shards of the schema's files; training and evaluation
+    read them through the config's runner paths and give exactly what the text gives (rows in the same order:
+    no shuffling, one worker)."""
+    monkeypatch.setenv("CTRKIT_NO_PROGRESS", "1")
+    root, _ = data(name, 2_000)
+    for split in ("train", "test"):
+        done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "prepare_criteo.py"), "-m",
+                               dataset_config(name), "-o", IDS, "--input", str(root / split), "--out",
+                               str(tmp_path / f"{split}_shards"), "--split", "data=1", "--workers", "1"],
+                              env={**os.environ, "CTRKIT_NO_PROGRESS": "1"}, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    results = {}
+    for kind in ("text", "shards"):
+        paths = ([f"runner.train_data_dir={root / 'train'}", f"runner.test_data_dir={root / 'test'}"] if kind == "text"
+                 else [f"runner.train_data_dir={tmp_path / 'train_shards' / 'data'}",
+                       f"runner.test_data_dir={tmp_path / 'test_shards' / 'data'}"])
+        save = tmp_path / f"ckpt-{kind}"
+        config = load_config(dataset_config(name), run_overrides(root, save) + paths + [
+            "runner.shuffle_buffer=0", "hyper_parameters.fc_sizes=[16]", "hyper_parameters.sparse_feature_dim=4",
+            f"runner.infer_output={tmp_path / kind}.txt"])
+        assert train(config)["samples"] == 2_000
+        results[kind] = evaluate(config)[-1]
+    assert results["shards"]["auc"] == results["text"]["auc"]
+    assert results["shards"]["samples"] == results["text"]["samples"] > 0
+    np.testing.assert_array_equal(read_predictions(str(tmp_path / "shards.txt")),
+                                  read_predictions(str(tmp_path / "text.txt")))
+    # a config of another schema is refused with the names of both
+    with pytest.raises(ConfigError, match=f"shards hold rows of the dataset schema '{name}'"):
+        other = "movielens" if name == "avazu" else "avazu"
+        train(load_config(dataset_config(other), run_overrides(root, tmp_path / "x") + [
+            f"runner.train_data_dir={tmp_path / 'train_shards' / 'data'}"]))

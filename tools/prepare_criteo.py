@@ -1,10 +1,12 @@
-"""Preprocess Criteo text once into binary shards for training and evaluation (see docs/scale.md).
+"""Preprocess text once into binary shards for training and evaluation (see docs/scale.md).
 
     python tools/prepare_criteo.py --input train.txt --out data/criteo_shards
     python tools/trainer.py -m models/rank/deepfm/config.yaml \\
         -o runner.train_data_dir=data/criteo_shards/train -o runner.test_data_dir=data/criteo_shards/test
+    python tools/prepare_criteo.py -m datasets/avazu/config.yaml --input avazu.csv --out data/avazu_shards
 
---input takes raw Criteo (train.txt, tab-separated) or slot-format files, or directories of them. Lines are split
+--input takes raw Criteo (train.txt, tab-separated) or slot-format files, or directories of them; with -m, the
+files of the config's dataset schema (any declared schema: slot format, CSV / TSV). Lines are split
 deterministically by --split ratios (a fixed pseudo-random function of --seed and the line's position) into
 <out>/<split>/ shard directories. An interrupted run continues where it stopped when re-run with the same
 arguments. The last line of output is a JSON summary: rows per split, lines read, skipped lines, lines/s.
@@ -65,7 +67,7 @@ def feature_spec(args: argparse.Namespace):  # -> FeatureSpec | FeatureSchema
     if flags:
         raise UserError(f"with -m the preprocessing comes from the config; drop --{', --'.join(flags)} "
                         f"(or set them with -o)")
-    return load_config(args.config, join_overrides(args.opt)).schema()  # prepare() refuses non-Criteo ones
+    return load_config(args.config, join_overrides(args.opt)).schema()
 
 
 def check_paths(inputs: list[str], out_dir: str) -> None:
@@ -82,13 +84,15 @@ def check_paths(inputs: list[str], out_dir: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", help="raw Criteo or slot-format files or directories")
+    parser.add_argument("--input", nargs="+", help="raw Criteo or slot-format files or directories (with -m: the "
+                        "dataset schema's files)")
     parser.add_argument("--out", required=True, help="output directory (new, or an interrupted run's to resume)")
     default_splits = ",".join(f"{k}={v}" for k, v in DEFAULT_SPLITS.items())
     parser.add_argument("--split", type=split_ratios, default=DEFAULT_SPLITS,
                         help=f"split names and ratios summing to 1 (default {default_splits}; train=1 for no split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    parser.add_argument("-m", "--config", help="take the preprocessing from this training config (with -o overrides)")
+    parser.add_argument("-m", "--config", help="take the preprocessing (and the dataset schema, if it declares one) "
+                        "from this training config (with -o overrides)")
     add_override_argument(parser)
     parser.add_argument("--data_format", choices=DATA_FORMATS, help="input format (default auto)")
     parser.add_argument("--sparse_feature_number", type=positive_int,
