@@ -88,8 +88,7 @@ def id_dtype_for(spec) -> np.dtype:
     return np.dtype(np.int32 if spec.sparse_feature_number <= np.iinfo(np.int32).max + 1 else np.int64)
 
 
-def column_layout(labeled: bool, id_dtype: np.dtype, widths: tuple[int, int] = (NUM_DENSE, NUM_SLOTS)
-                  ) -> dict[str, tuple[np.dtype, int]]:
+def column_layout(labeled: bool, id_dtype: np.dtype, widths: tuple[int, int]) -> dict[str, tuple[np.dtype, int]]:
     """Column name -> (little-endian dtype, values per row), in file-suffix order; `widths`: (dense, sparse)."""
     columns = {"dense": (np.dtype("<f4"), widths[0]), "sparse": (np.dtype(id_dtype).newbyteorder("<"), widths[1])}
     if labeled:
