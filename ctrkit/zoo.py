@@ -30,6 +30,7 @@ COMMON_HYPER_PARAMETERS = {
     "sparse_feature_number": 1000001,
     "sparse_feature_dim": 9,
     "dense_input_dim": NUM_DENSE,
+    "embedding_l2": 0.0,  # L2 on the id-table rows each training batch looks up (see CTRModel.embedding_l2_loss)
 }
 
 MODEL_PACKAGES_ENV = "CTRKIT_MODEL_PACKAGES"
@@ -86,6 +87,8 @@ class CTRModel(nn.Layer):
                              f"dataset schema {schema.name!r} has {schema.sparse_feature_number}")
         if hp.get("sparse_feature_dim", 1) < 1:
             raise ValueError("hyper_parameters.sparse_feature_dim must be >= 1")
+        if not 0.0 <= hp.get("embedding_l2", 0.0) < float("inf"):
+            raise ValueError(f"hyper_parameters.embedding_l2 must be a finite number >= 0, got {hp['embedding_l2']!r}")
         if not 0.0 <= hp.get("dropout", 0.0) < 1.0:
             raise ValueError(f"hyper_parameters.dropout must be in [0, 1), got {hp['dropout']!r}")
         for key, value in hp.items():
@@ -106,6 +109,17 @@ class CTRModel(nn.Layer):
     def regularization_loss(self) -> paddle.Tensor | None:
         """Extra loss term the trainer adds (e.g. DCN's L2 on cross weights); None when the model has none."""
         return None
+
+    def embedding_l2_loss(self, sparse_inputs: paddle.Tensor) -> paddle.Tensor | None:
+        """`embedding_l2` times the squared L2 norm of the rows a training batch looks up, each distinct id once,
+        in every id table of the model (None when embedding_l2 is 0). FuxiCTR's `embedding_regularizer` puts the
+        L2 on whole tables; on the looked-up rows only, the gradient stays sparse (lazy Adam touches only them)."""
+        l2 = self.hp.get("embedding_l2", 0.0)
+        if not l2:
+            return None
+        ids = paddle.unique(paddle.flatten(sparse_inputs))
+        tables = [layer for layer in self.sublayers() if isinstance(layer, nn.Embedding)]
+        return l2 * paddle.add_n([paddle.sum(paddle.square(table(ids))) for table in tables])
 
     def forward(self, dense_input: paddle.Tensor, sparse_inputs: paddle.Tensor) -> paddle.Tensor:
         raise NotImplementedError

@@ -105,3 +105,33 @@ def test_cli_reports_config_errors_without_traceback():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "unknown config key(s): runner.epochz" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_embedding_l2_penalises_the_rows_a_batch_looks_up(dataset, tmp_path):
+    """hyper_parameters.embedding_l2: the loss term is embedding_l2 * sum of the squared rows of the batch's distinct
+    ids over every id table (numpy reference); training with it keeps the trained rows smaller than without, and a
+    negative value is refused."""
+    from models.registry import build_model, get_model_class
+
+    hp = {**get_model_class("fm").default_hyper_parameters(), "sparse_feature_number": 1000, "embedding_l2": 0.25}
+    paddle.seed(3)
+    model = build_model("fm", hp)
+    ids = np.array([[1, 5, 5, 0], [7, 1, 999, 5]], dtype=np.int64)
+    tables = [layer.weight.numpy() for layer in model.sublayers() if isinstance(layer, paddle.nn.Embedding)]
+    assert len(tables) == 2  # FM: first-order weights and the D-vectors
+    expected = 0.25 * sum(float(np.sum(w[np.unique(ids)] ** 2)) for w in tables)
+    assert float(model.embedding_l2_loss(paddle.to_tensor(ids))) == pytest.approx(expected, rel=1e-6)
+    assert build_model("fm", {**hp, "embedding_l2": 0.0}).embedding_l2_loss(paddle.to_tensor(ids)) is None
+
+    trained = {}
+    for l2 in (0.0, 0.01):
+        save = tmp_path / f"l2-{l2}"
+        config = config_for(dataset, save, "runner.epochs=1", "hyper_parameters.fc_sizes=[16]",
+                            "runner.num_workers=0", f"hyper_parameters.embedding_l2={l2}")
+        train(config)
+        trained[l2] = paddle.load(str(save / "0" / "rec.pdparams"))["fm.embedding.weight"].numpy()
+    touched = np.any(trained[0.0] != trained[0.01], axis=1)  # same seeded start: untouched rows are equal
+    norms = {l2: float(np.sum(w[touched] ** 2)) for l2, w in trained.items()}
+    assert touched.sum() > 100 and norms[0.01] < 0.5 * norms[0.0], norms
+    with pytest.raises(ValueError, match="embedding_l2 must be a finite number >= 0"):
+        build_model("fm", {**hp, "embedding_l2": -1.0})

@@ -77,9 +77,9 @@ def train_one_epoch(model, optimizer, batches: Iterable[tuple[paddle.Tensor, ...
         check_finite_loss(loss_value, progress.epoch, progress.steps + 1)
         # DataParallel averages gradients over workers: this weight makes the result the mean over all rows
         total_loss = loss_sum * (context.world / total if rows else 0.0)
-        regularization = model.regularization_loss()
-        if regularization is not None:
-            total_loss = total_loss + regularization
+        for regularization in (model.regularization_loss(), model.embedding_l2_loss(sparse)):
+            if regularization is not None:
+                total_loss = total_loss + regularization
         total_loss.backward()
         optimizer.step()
         optimizer.clear_grad(set_to_zero=False)
