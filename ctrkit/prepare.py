@@ -4,9 +4,9 @@ Input: files and/or directories of raw Criteo (e.g. `train.txt`) or slot-format 
 dataset schema (slot format, CSV / TSV with or without a header), read in the given order as one stream of lines
 and parsed by the data layer (`ctrkit.data.parsing.parse_block`), exactly as training on the text would parse them.
 
-Split: line g of the stream (0-based, every line counted, bad ones and header lines too) goes to split s when u(g) falls in s's
-share of [0, 1), where u(g) is splitmix64(g + seed * 0x9E3779B97F4A7C15) / 2^64, a fixed pseudo-random function
-of (seed, g). So the split is deterministic, needs no line count up front, does not depend on how the work is
+Split: line g of the stream (0-based, every line counted, bad ones and header lines too) goes to split s when u(g)
+falls in s's share of [0, 1), where u(g) is splitmix64(g + seed * 0x9E3779B97F4A7C15) / 2^64, a fixed pseudo-random
+function of (seed, g). So the split is deterministic, needs no line count up front, does not depend on how the work is
 cut or parallelised, and its ratios are exact up to sampling noise (~0.01% on 45M lines).
 
 Shards: lines [k*L, (k+1)*L) of the stream (L = lines_per_shard) become shard part-<k> of every split, so shard
@@ -28,11 +28,9 @@ import multiprocessing
 import os
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-
-from collections import Counter
 
 import numpy as np
 
