@@ -79,6 +79,26 @@ def test_queued_requests_are_merged_and_split_back(setup):
         np.testing.assert_array_equal(results[value], value + np.arange(rows, dtype=np.float32))
 
 
+def test_each_model_call_is_reported_with_its_samples_requests_and_duration():
+    predictor, reports = GatedPredictor(), []
+    batcher = DynamicBatcher(OnePredictorPool(predictor), workers=1, window_s=0.0, max_samples=10,
+                             on_batch=lambda *report: reports.append(report))
+    results: dict = {}
+    try:
+        threads = [submit(batcher, 0, 1, results)]
+        wait_until(lambda: predictor.entered == 1, what="first request in the predictor")
+        threads += [submit(batcher, v, rows, results) for v, rows in ((100, 2), (200, 3))]
+        wait_until(lambda: batcher.queued() == 2, what="two requests queued behind the first")
+        predictor.gate.set()
+        for t in threads:
+            t.join()
+    finally:
+        predictor.gate.set()
+        batcher.close()
+    assert [(samples, requests) for samples, requests, _ in reports] == [(1, 1), (5, 2)]
+    assert all(0 <= seconds < 60 for _, _, seconds in reports), reports  # the merged call's own duration
+
+
 def test_merge_stops_at_max_samples_and_nothing_is_lost(setup):
     predictor, batcher = setup
     results: dict = {}
