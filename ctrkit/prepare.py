@@ -106,11 +106,12 @@ def _parse_task(task: _Task, settings: _Settings) -> tuple[list[dict[str, np.nda
     truncated: Counter = Counter()
     batch, errors = parse_block(task.block, task.layout, settings.spec, task.source, task.first_line,
                                 settings.skip_bad, truncated)
+    lines = task.block.count(b"\n")
     not_rows = [e.line_number - task.first_line for e in errors]
     header = task.layout.header_line - task.first_line
-    if task.layout.header_line and 0 <= header < task.block.count(b"\n"):
+    if task.layout.header_line and 0 <= header < lines:
         not_rows.append(header)  # a CSV / TSV header: a line of the stream, not a row
-    kept = np.delete(np.arange(task.block.count(b"\n")), not_rows)
+    kept = np.delete(np.arange(lines), not_rows)
     which = np.searchsorted(np.asarray(settings.bounds), split_uniform(task.global_line + kept, settings.seed),
                             side="right")
     id_dtype = id_dtype_for(settings.spec)

@@ -37,8 +37,8 @@ import numpy as np
 
 from ctrkit.data.parsing import Batch, criteo_spec
 from ctrkit.fsutil import write_json_atomic  # noqa: F401  (prepare.py imports it from here)
-from ctrkit.data.spec import NUM_DENSE, NUM_SLOTS, FeatureSpec
-from ctrkit.schema import FeatureSchema
+from ctrkit.data.spec import FeatureSpec
+from ctrkit.schema import FeatureSchema, as_schema
 
 log = logging.getLogger("ctrkit.shards")
 
@@ -78,9 +78,8 @@ def spec_of_record(record: dict):  # -> FeatureSpec | FeatureSchema
 
 def row_widths(spec) -> tuple[int, int]:
     """(dense values, sparse ids) per row of `spec`'s batches."""
-    if criteo_spec(spec) is not None:
-        return NUM_DENSE, NUM_SLOTS
-    return spec.n_dense, spec.sparse_width
+    schema = as_schema(spec)
+    return schema.n_dense, schema.sparse_width
 
 
 def id_dtype_for(spec) -> np.dtype:
