@@ -36,8 +36,9 @@ import numpy as np
 
 from ctrkit.data.parsing import DataFormatError, Layout, _blank_layout, find_layout, parse_block
 from ctrkit.data.reader import iter_blocks, list_data_files
+from ctrkit.fsutil import write_json_atomic
 from ctrkit.shards import (MANIFEST, SHARD_NAME, ShardFileWriter, check_shard_files, id_dtype_for, spec_columns,
-                           spec_of_record, spec_record, write_json_atomic, write_manifest)
+                           spec_of_record, spec_record, write_manifest)
 
 log = logging.getLogger("ctrkit.prepare")
 

@@ -24,6 +24,7 @@ batches and each keeps its own slice (see `ctrkit.training`), which costs a memo
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ctrkit.data.parsing import Batch, criteo_spec
-from ctrkit.fsutil import write_json_atomic  # noqa: F401  (prepare.py imports it from here)
+from ctrkit.fsutil import atomic_write, write_json_atomic
 from ctrkit.data.spec import FeatureSpec
 from ctrkit.schema import FeatureSchema, as_schema
 
@@ -108,17 +109,20 @@ def is_shard_dir(path: str | os.PathLike) -> bool:
 # --------------------------------------------------------------------------------------------------- writing
 
 class ShardFileWriter:
-    """Appends batches to one shard's column files (as hidden temporaries), hashing as it goes; `close()`
-    renames them into place and returns the shard's manifest entry."""
+    """Appends batches to one shard's column files (each through `fsutil.atomic_write`), hashing as it goes;
+    `close()` puts them in place and returns the shard's manifest entry, `abort()` removes them."""
 
     def __init__(self, directory: str, name: str, columns: dict[str, tuple[np.dtype, int]]):
         self.directory, self.name, self.rows = directory, name, 0
         self.columns = columns
-        self._files = {c: open(self._tmp_path(c), "wb") for c in self.columns}
+        self._files = contextlib.ExitStack()
+        try:
+            self._open = {c: self._files.enter_context(atomic_write(os.path.join(directory, f"{name}.{c}"), "wb"))
+                          for c in columns}
+        except BaseException:
+            self.abort()
+            raise
         self._hashes = {c: hashlib.sha256() for c in self.columns}
-
-    def _tmp_path(self, column: str) -> str:
-        return os.path.join(self.directory, f".{self.name}.{column}.tmp")
 
     def append(self, columns: dict[str, np.ndarray]) -> None:
         rows = len(columns["dense"])
@@ -129,26 +133,24 @@ class ShardFileWriter:
             if not data.size:  # a zero-width column (a schema without numeric fields): an empty file
                 continue
             raw = data.data.cast("B")
-            self._files[column].write(raw)
+            self._open[column].write(raw)
             self._hashes[column].update(raw)
         self.rows += rows
 
     def close(self) -> dict:
-        files = {}
-        for column, f in self._files.items():
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            os.replace(self._tmp_path(column), os.path.join(self.directory, f"{self.name}.{column}"))
-            files[column] = {"size": self.rows * self.columns[column][0].itemsize * self.columns[column][1],
-                             "sha256": self._hashes[column].hexdigest()}
+        self._files.close()  # every column file flushed, fsync'ed and renamed into place
+        files = {column: {"size": self.rows * dtype.itemsize * width, "sha256": self._hashes[column].hexdigest()}
+                 for column, (dtype, width) in self.columns.items()}
         return {"name": self.name, "rows": self.rows, "files": files}
 
     def abort(self) -> None:
-        for column, f in self._files.items():
-            f.close()
-            if os.path.exists(self._tmp_path(column)):
-                os.remove(self._tmp_path(column))
+        """Remove the files written so far (atomic_write removes its file when its block ends by an error)."""
+        aborted = ShardAborted(f"shard {self.name} in {self.directory} aborted")
+        self._files.__exit__(ShardAborted, aborted, None)
+
+
+class ShardAborted(Exception):
+    """Ends the atomic writes of a shard that is given up."""
 
 
 def spec_columns(spec, labeled: bool) -> dict[str, tuple[np.dtype, int]]:

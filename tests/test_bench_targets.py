@@ -25,19 +25,23 @@ def test_transport_bench_measures_echo_ceiling_and_model_for_both_front_ends(exp
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     names = set(result["summary"])
-    for server in ("rpc constant", "rpc deepfm"):
+    servers = {proto: [f"{proto} constant", f"{proto} deepfm-paddle", f"{proto} deepfm-onnxruntime"]
+               for proto in ("rpc", "oip")}
+    for server in servers["rpc"]:
         assert {f"{server} rpc_grpc", f"{server} rpc_http_proto"} <= names
-    for server in ("oip constant", "oip deepfm"):
+    for server in servers["oip"]:
         assert {f"{server} oip_grpc", f"{server} oip_http"} <= names
     assert {"echo echo_grpc", "echo echo_http"} <= names
     for s in result["summary"].values():
         assert s["errors"] == 0 and s["qps"] > 0 and s["p50_ms"] <= s["p99_ms"] and len(s["load_1m"]) == 1
-    rows = {(r["front_end"], r["transport"]): r for r in result["ratios"]}
-    assert set(rows) == {("serving.rpc", "rpc_grpc"), ("serving.rpc", "rpc_http_proto"),
-                         ("serving.oip", "oip_grpc"), ("serving.oip", "oip_http")}
+    rows = {(r["front_end"], r["transport"], r["backend"]): r for r in result["ratios"]}
+    assert set(rows) == {(front_end, transport, backend) for front_end, transport in
+                         (("serving.rpc", "rpc_grpc"), ("serving.rpc", "rpc_http_proto"),
+                          ("serving.oip", "oip_grpc"), ("serving.oip", "oip_http"))
+                         for backend in ("paddle", "onnxruntime")}
     for r in rows.values():
         assert r["model_vs_ceiling"] > 0 and r["ceiling_vs_echo"] > 0 and "meets_model_target" in r
-    assert set(result["worker_rss_mb"]) == {"rpc constant", "rpc deepfm", "oip constant", "oip deepfm"}
+    assert set(result["worker_rss_mb"]) == set(servers["rpc"] + servers["oip"])
     assert all(v > 0 for v in result["worker_rss_mb"].values())
     assert "DeepFM / constant QPS" in proc.stdout and "load (1 min)" in proc.stdout
 

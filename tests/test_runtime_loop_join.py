@@ -3,6 +3,7 @@ assumptions: the waits tested either end on an event or on a window far longer t
 import argparse
 import asyncio
 import contextlib
+import time
 
 import numpy as np
 
@@ -101,3 +102,37 @@ def test_arrivals_per_loop_and_options():
         pass
     else:
         raise AssertionError("negative join_us accepted")
+
+
+class _SlowRecorder(_Recorder):
+    def run(self, *arrays):
+        time.sleep(0.3)  # far longer than the 200 loop turns below take
+        return super().run(*arrays)
+
+
+def test_join_wait_is_bounded_by_the_model_calls_duration():
+    """Waiting longer for an arrival than a model call takes costs more than the call it saves: a cheap model's
+    batcher stops waiting, a slow model's keeps waiting for announced requests."""
+    async def go(pool, expect_wait: bool):
+        loop = asyncio.get_running_loop()
+        batcher = LoopBatcher(pool, loop, 0.0, 64, join_s=60.0)
+        assert batcher.join_window() == 60.0                      # nothing measured yet: the whole window
+        assert (await batcher.submit(_job(1)))[0] == 1            # one call measured
+        assert batcher.join_window() < 60.0
+        arrivals = loop_arrivals(loop)
+        arrivals.expect()
+        first = batcher.submit(_job(2))
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert first.done() is not expect_wait
+        if expect_wait:
+            arrivals.arrived()
+            second = batcher.submit(_job(3))
+            await first, second
+            assert pool.instance.calls == [1, 2]
+        else:
+            assert pool.instance.calls == [1, 1] and arrivals.pending == 0
+    fast, slow = _Pool(), _Pool()
+    slow.instance = _SlowRecorder()
+    asyncio.run(go(fast, expect_wait=False))
+    asyncio.run(go(slow, expect_wait=True))

@@ -199,6 +199,8 @@ class DirectRunner:
 # through grpc's poller) from its start to its handler, so 4 turns merged ~1.3 concurrent batch-1 calls and 32
 # merge ~4-7 (docs/rpc.md, "Dynamic batching"). Turns only pass while there is other work, never on an idle loop.
 MAX_DEFERRALS = 32
+# weight of the newest model call in the moving average of their duration that bounds the join wait
+CALL_AVERAGE_WEIGHT = 0.1
 
 
 class Arrivals:
@@ -247,9 +249,12 @@ class LoopBatcher:
     ONNX Runtime model that is the cheapest path. Used by asyncio front-ends through `predict_async`.
 
     Join window (`join_s` > 0): when the front-end has announced requests that are still being received
-    (`loop_arrivals(loop).expect()`, e.g. gRPC calls whose message is in flight), the flush waits up to `join_s`
-    after the first queued job for them, and runs as soon as the last announced one has been queued. Nothing is
-    announced on an idle server, so it adds no latency there."""
+    (`loop_arrivals(loop).expect()`, e.g. gRPC calls whose message is in flight), the flush waits for them, and
+    runs as soon as the last announced one has been queued. It waits at most `join_s`, and at most as long as
+    the model's recent calls took (their moving average): an arrival left out would wait for the next call
+    anyway, so waiting up to one call's time adds no latency that a second call would not, while a wait longer
+    than the call (a cheap model) costs more than the call it saves. Nothing is announced on an idle server, so
+    it adds no latency there."""
 
     def __init__(self, pool, loop, window_s: float, max_samples: int,
                  on_batch: OnBatch = _ignore_batch, merge: bool = True, join_s: float = 0.0):
@@ -268,6 +273,7 @@ class LoopBatcher:
         self._arrivals = loop_arrivals(loop)
         self._join_deadline = 0.0
         self._join_timer = None
+        self._call_s: float | None = None  # moving average of the model calls' duration (None: none made yet)
 
     def submit(self, arrays: tuple[np.ndarray, ...]):
         """An asyncio future answered with float32 [B] (or the model's error)."""
@@ -305,6 +311,11 @@ class LoopBatcher:
     def queued(self) -> int:
         return len(self._pending)
 
+    def join_window(self) -> float:
+        """The longest a model call now waits for announced arrivals: `join_s`, or the model's recent calls'
+        average duration once one has been measured, whichever is shorter."""
+        return self._join_s if self._call_s is None else min(self._join_s, self._call_s)
+
     def _flush(self) -> None:
         self._join_timer = None
         if self._arrivals.waiter is self:
@@ -318,7 +329,7 @@ class LoopBatcher:
         if self._join_s and self._arrivals.pending and self._samples < self._max_samples:
             now = self._loop.time()
             if not self._join_deadline:
-                self._join_deadline = now + self._join_s
+                self._join_deadline = now + self.join_window()
             if now < self._join_deadline:
                 self._join_timer = self._loop.call_at(self._join_deadline, self._flush)
                 self._arrivals.waiter = self
@@ -334,5 +345,13 @@ class LoopBatcher:
                 job = pending.pop(0)
                 jobs.append(job)
                 samples += job.rows
+            called_at = time.perf_counter()
             with self._pool.acquire() as instance:
                 run_jobs(instance, jobs, self._on_batch, self._max_samples)
+            self._measured_call(time.perf_counter() - called_at)
+
+    def _measured_call(self, seconds: float) -> None:
+        if self._call_s is None:
+            self._call_s = seconds
+        else:
+            self._call_s += (seconds - self._call_s) * CALL_AVERAGE_WEIGHT
