@@ -71,6 +71,13 @@ def paired_ratio(a: dict, b: dict) -> tuple[float | None, list[float]]:
     return round(statistics.median(pairs), 3), [round(min(pairs), 3), round(max(pairs), 3)]
 
 
+def cpu_ratio(faster: dict, slower: dict) -> float | None:
+    """faster's server CPU per request / slower's: the QPS ratio a saturated server would show, steadier than QPS
+    on a busy machine."""
+    spent = slower["server_cpu_ms_per_request"]
+    return round(faster["server_cpu_ms_per_request"] / spent, 3) if spent else None
+
+
 def ratios(summary: dict[str, dict], protocols: list[str], backends: list[str]) -> list[dict]:
     out = []
     for proto in protocols:
@@ -91,9 +98,7 @@ def ratio_row(proto: str, transport: str, backend: str, model: dict | None, ceil
         row["model_vs_ceiling"], row["model_vs_ceiling_range"] = paired_ratio(model, ceiling)
         row["model_p99_ms"] = model["p99_ms"]
         # the same ratio from the server's CPU per request: steadier than QPS on a busy machine
-        row["model_vs_ceiling_cpu"] = round(ceiling["server_cpu_ms_per_request"] /
-                                            model["server_cpu_ms_per_request"], 3) \
-            if model["server_cpu_ms_per_request"] else None
+        row["model_vs_ceiling_cpu"] = cpu_ratio(ceiling, model)
         row["meets_model_target"] = bool(row["model_vs_ceiling"] and
                                          row["model_vs_ceiling"] >= TARGETS["model_vs_ceiling"] and
                                          model["p99_ms"] <= TARGETS["p99_ms"])
@@ -101,6 +106,7 @@ def ratio_row(proto: str, transport: str, backend: str, model: dict | None, ceil
         row["echo_p99_ms"] = echo["p99_ms"]  # the tail the transport and client alone have
     if ceiling and echo:
         row["ceiling_vs_echo"], row["ceiling_vs_echo_range"] = paired_ratio(ceiling, echo)
+        row["ceiling_vs_echo_cpu"] = cpu_ratio(echo, ceiling)
         aio = summary.get("echo echo_grpc_aio") if transport.endswith("grpc") else None
         if aio:
             row["ceiling_vs_echo_aio"] = paired_ratio(ceiling, aio)[0]
@@ -122,7 +128,7 @@ def markdown(summary: dict[str, dict], ratio_rows: list[dict], rss: dict[str, fl
                      f"{', '.join(f'{v:g}' for v in s['load_1m'])} |")
     lines += ["", "| front-end | transport | DeepFM backend | DeepFM / constant QPS, median of repeats (range) "
               "(target >= 0.80) | DeepFM p99 ms (target <= 5; echo's) | constant / echo QPS (target >= 0.75 for "
-              "gRPC) | constant / grpc.aio echo QPS | constant / DeepFM server CPU per request |",
+              "gRPC) | constant / grpc.aio echo QPS | DeepFM / constant and constant / echo from server CPU per request |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in ratio_rows:
         mark = lambda ok: "" if ok is None else (" ✓" if ok else " ✗")  # noqa: E731
@@ -132,7 +138,8 @@ def markdown(summary: dict[str, dict], ratio_rows: list[dict], rss: dict[str, fl
                      f"{r.get('model_p99_ms', 'n/a')} ({r.get('echo_p99_ms', 'n/a')}) | "
                      f"{r.get('ceiling_vs_echo', 'n/a')}{spread('ceiling_vs_echo_range')}"
                      f"{mark(r.get('meets_ceiling_target'))} | "
-                     f"{r.get('ceiling_vs_echo_aio', 'n/a')} | {r.get('model_vs_ceiling_cpu', 'n/a')} |")
+                     f"{r.get('ceiling_vs_echo_aio', 'n/a')} | {r.get('model_vs_ceiling_cpu', 'n/a')} / "
+                     f"{r.get('ceiling_vs_echo_cpu', 'n/a')} |")
     if rss:
         lines += ["", "Worker RSS after the run (target <= 450 MB): " +
                   ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items())]

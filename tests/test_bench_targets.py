@@ -41,6 +41,7 @@ def test_transport_bench_measures_echo_ceiling_and_model_for_both_front_ends(exp
                          for backend in ("paddle", "onnxruntime")}
     for r in rows.values():
         assert r["model_vs_ceiling"] > 0 and r["ceiling_vs_echo"] > 0 and "meets_model_target" in r
+        assert r["model_vs_ceiling_cpu"] > 0 and r["ceiling_vs_echo_cpu"] > 0
     assert set(result["worker_rss_mb"]) == set(servers["rpc"] + servers["oip"])
     assert all(v > 0 for v in result["worker_rss_mb"].values())
     assert "DeepFM / constant QPS" in proc.stdout and "load (1 min)" in proc.stdout
