@@ -45,6 +45,8 @@ def test_transport_bench_measures_echo_ceiling_and_model_for_both_front_ends(exp
     assert set(result["worker_rss_mb"]) == set(servers["rpc"] + servers["oip"])
     assert all(v > 0 for v in result["worker_rss_mb"].values())
     assert "DeepFM / constant QPS" in proc.stdout and "load (1 min)" in proc.stdout
+    bad = run("transport_bench.py", "--model", exported_deepfm, "--backends", "paddle,tensorrt")
+    assert bad.returncode == 2 and "--backends: choose from paddle, onnxruntime" in bad.stderr
 
 
 def test_soak_is_paced_bounded_and_reports_rss_growth(exported_deepfm, tmp_path):
