@@ -11,7 +11,8 @@ worker gets the same ones). A worker is ready when it prints its ready line (`is
 to the supervisor's stderr. A worker that dies is restarted (its Prometheus multi-process files are marked dead);
 one that dies again and again within `crash_window_s` of its start (`max_crashes` times) stops the whole group
 with exit status 1, so a broken deployment does not restart forever. SIGTERM / SIGINT drain every worker (they
-get SIGTERM and `drain_timeout_s` + 30 s before SIGKILL); the exit status is the worst of theirs.
+get SIGTERM and `drain_timeout_s` + 30 s before SIGKILL); the exit status is the worst of theirs. A worker can
+have SIGHUP sent to every worker (`reload_all_workers()`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ import time
 from typing import Callable
 
 log = logging.getLogger("serving.supervisor")
+SUPERVISOR_PID_ENV = "CTRKIT_SUPERVISOR_PID"  # set in each worker's environment: who to ask to signal them all
+
+
+def reload_all_workers() -> bool:
+    """From a worker: ask its supervisor to send SIGHUP to every worker (each looks for new model versions).
+    False when this process is not a supervised worker (then there is no one else to tell)."""
+    pid = os.environ.get(SUPERVISOR_PID_ENV, "")
+    if not pid.isdigit() or int(pid) != os.getppid():  # only the parent that set it: never signal anyone else
+        return False
+    os.kill(int(pid), signal.SIGHUP)
+    return True
 
 
 def first_line(proc: subprocess.Popen, timeout_s: float) -> str:
@@ -97,7 +109,8 @@ class Supervisor:
 
     # -------------------------------------------------------------------------------------- start-up
     def _spawn(self, slot: int) -> subprocess.Popen:
-        proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True, env=self.env)
+        env = {**(os.environ if self.env is None else self.env), SUPERVISOR_PID_ENV: str(os.getpid())}
+        proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True, env=env)
         self.workers[slot] = proc
         self._started_at[slot] = time.monotonic()
         return proc

@@ -1,5 +1,6 @@
 """serving.oip's life cycle on real processes: hot swap of a model version under tritonclient load with no failed
-request, --workers with a killed worker restarted by the shared supervisor, and SIGTERM draining every worker."""
+request, Triton's repository load, --workers with a killed worker restarted by the shared supervisor, a repository
+load reaching every worker, and SIGTERM draining every worker."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,9 @@ import time
 
 import numpy as np
 import psutil
+import pytest
 import requests
+from tritonclient.utils import InferenceServerException
 
 from rpc_helpers import publish_version
 from test_oip_server import OipServer, _inputs, tritongrpc, tritonhttp
@@ -93,10 +96,49 @@ def _check_repository_after_swaps(srv, model_dir: str, versions: str) -> None:
     assert [m["version"] for m in ready_only] == ["2"]
 
 
+def test_repository_load_serves_a_new_version_at_once_or_says_why_not(exported_deepfm, tmp_path):
+    """Triton's repository load: with version polling off, a load answers once the newest version on disk is
+    served, or fails with the reason it was refused while the old one keeps serving; unload is refused."""
+    versions = tmp_path / "deepfm"
+    versions.mkdir()
+    shutil.copytree(exported_deepfm, versions / "1")
+    dense, sparse = _golden(exported_deepfm)
+    srv = OipServer(str(versions), str(tmp_path / "load.log"), "--version_poll_s", "0", "--log_level", "INFO")
+    try:
+        http, grpc = srv.http_client(), srv.grpc_client()
+        publish_version(exported_deepfm, str(versions), 2)
+        assert http.get_model_metadata("deepfm")["versions"] == ["1"]  # no polling: nothing moves by itself
+        http.load_model("deepfm")
+        assert http.get_model_metadata("deepfm")["versions"] == ["2"]
+        publish_version(exported_deepfm, str(versions), 3, break_golden=True)
+        for client in (grpc, http):
+            with pytest.raises(InferenceServerException, match="version 3: .*golden batch.*version 2 keeps serving"):
+                client.load_model("deepfm")
+        result = grpc.infer("deepfm", _inputs(tritongrpc, dense[:2], sparse[:2]))
+        assert result.get_response().model_version == "2"
+        for client in (grpc, http):
+            with pytest.raises(InferenceServerException, match="unloading is not offered"):
+                client.unload_model("deepfm")
+            with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+                client.load_model("other")
+            with pytest.raises(InferenceServerException, match=r"load parameters \(config\) are not supported"):
+                client.load_model("deepfm", config='{"max_batch_size": 8}')
+        url = srv.url + "/v2/repository/models/deepfm/load"
+        bad = requests.post(url, data=b"[1]", timeout=10)
+        assert bad.status_code == 400 and "must be a JSON object" in bad.json()["error"]
+        assert requests.get(url, timeout=10).status_code == 405
+        assert http.is_model_ready("deepfm")
+    finally:
+        assert srv.stop() == 0
+
+
 def test_workers_restart_a_killed_worker_and_drain_on_sigterm(exported_deepfm, tmp_path):
     dense, sparse = _golden(exported_deepfm)
-    srv = OipServer(exported_deepfm, str(tmp_path / "workers.log"), "--workers", "2", "--backend", "onnxruntime",
-                    "--log_level", "INFO")
+    versions = tmp_path / "deepfm"
+    versions.mkdir()
+    shutil.copytree(exported_deepfm, versions / "1")
+    srv = OipServer(str(versions), str(tmp_path / "workers.log"), "--workers", "2", "--backend", "onnxruntime",
+                    "--version_poll_s", "0", "--log_level", "INFO")
     try:
         parent = psutil.Process(srv.proc.pid)
         workers = [p for p in parent.children() if "serving.oip" in " ".join(p.cmdline())]
@@ -125,6 +167,10 @@ def test_workers_restart_a_killed_worker_and_drain_on_sigterm(exported_deepfm, t
             return srv.http_client().get_inference_statistics("deepfm")["model_stats"][0]
         assert _wait(lambda: stats()["inference_stats"]["success"]["count"] == 8 + 3, 120), stats()
         assert stats()["inference_count"] == 2 * 3 + 6 + 3 * len(dense)
+        # a repository load reaches one worker; it has the supervisor tell the other, which loads version 2 too
+        publish_version(exported_deepfm, str(versions), 2)
+        srv.http_client().load_model("deepfm")
+        assert _wait(lambda: srv.log().count("serving model version 2 from") == 2, 120), srv.log()[-3000:]
     finally:
         status = srv.stop()
     assert status == 0, srv.log()[-3000:]

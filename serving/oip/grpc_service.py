@@ -1,12 +1,13 @@
 """Open Inference Protocol over gRPC (grpc.aio, on the same event loop as the HTTP front-end, so the runtime's loop
 batcher merges requests of both transports without a thread hand-off): `inference.GRPCInferenceService`
 (ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, and Triton's ModelStatistics,
-ModelConfig and RepositoryIndex) registered with a generic handler
+ModelConfig, RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload) registered with a generic handler
 on raw bytes, so an undecodable request reaches our own validation (INVALID_ARGUMENT with a message) instead of
 failing inside grpc. Plus the standard `grpc.health.v1.Health` service. Refusals end with the fitting status code
 and the message as details (what tritonclient shows in its InferenceServerException)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -59,13 +60,23 @@ def _handlers(server) -> dict:
     def repository_index(req, ctx):
         return json_format.ParseDict({"models": model.repository_index(req.ready)}, M["RepositoryIndexResponse"]())
 
+    async def repository_model_load(req, ctx):
+        parameters = {key: req.parameters[key].WhichOneof("parameter_choice") for key in req.parameters}
+        # loading a version takes seconds: off the event loop, which keeps serving the current one meanwhile
+        await asyncio.get_running_loop().run_in_executor(None, model.load, req.model_name, parameters)
+        return M["RepositoryModelLoadResponse"]()
+
+    def repository_model_unload(req, ctx):
+        model.unload(req.model_name)
+
     async def model_infer(req, ctx):
         response, version = await server.infer_grpc(req)
         return response
 
     return {"ServerLive": server_live, "ServerReady": server_ready, "ModelReady": model_ready,
             "ServerMetadata": server_metadata, "ModelMetadata": model_metadata, "ModelInfer": model_infer,
-            "ModelStatistics": model_statistics, "ModelConfig": model_config, "RepositoryIndex": repository_index}
+            "ModelStatistics": model_statistics, "ModelConfig": model_config, "RepositoryIndex": repository_index,
+            "RepositoryModelLoad": repository_model_load, "RepositoryModelUnload": repository_model_unload}
 
 
 def _ascii(text: str) -> str:
@@ -75,22 +86,23 @@ def _ascii(text: str) -> str:
 
 def _wrap(server, method: str, fn):
     request_type = P.METHODS[method]
-    is_async = method == "ModelInfer"
+    is_infer = method == "ModelInfer"
+    is_async = asyncio.iscoroutinefunction(fn)
 
     async def call(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        if is_async:
+        if is_infer:
             loop_arrivals().arrived()  # announced by MethodTable: decoded and queued in this step
         try:
             request = P.decode_grpc_message(request_type, body)
             answer = await fn(request, context) if is_async else fn(request, context)
             return answer.SerializeToString()
         except OipError as e:
-            if is_async:
+            if is_infer:
                 server.count("grpc", e.kind.http_status)
             error = (getattr(grpc.StatusCode, e.kind.grpc_code), _ascii(e.message))
         except Exception:  # noqa: BLE001 - logged, never sent to the client
             log.exception("unexpected error in %s", method)
-            if is_async:
+            if is_infer:
                 server.count("grpc", 500)
             error = (grpc.StatusCode.INTERNAL, "internal server error; see the server log")
         await context.abort(*error)

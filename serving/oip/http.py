@@ -12,6 +12,8 @@ Routes (KServe v2 / Triton):
     GET  /v2/models[/{name}[/versions/{v}]]/stats    Triton's statistics extension
     GET  /v2/models/{name}[/versions/{v}]/config     Triton's model configuration extension
     POST /v2/repository/index            Triton's repository index: versions on disk, READY or UNAVAILABLE + why
+    POST /v2/repository/models/{name}/load     look for a newer version now; 400 with why if the newest is refused
+    POST /v2/repository/models/{name}/unload   400: not offered (one model per server)
     GET  /metrics                        Prometheus text (the runtime's registry)
 Errors are `{"error": "<message>"}` with 400 (bad request), 404 (unknown model/version/path), 405, 411, 413,
 415 or 503 (not ready, draining). Request bodies may be gzip/deflate (`Content-Encoding`); answers are compressed
@@ -36,6 +38,7 @@ from serving.rpc.limits import JSON_EXPANSION, ByteBudget
 
 log = logging.getLogger("serving.oip")
 _MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer|/stats|/config)?/?$")
+_REPOSITORY_PATH = re.compile(r"^/v2/repository/models/([^/]+)/(load|unload)/?$")
 JSON = "application/json"
 INLINE_BODY_BYTES = 64 * 1024  # smaller requests are decoded on the event loop; larger ones on a worker thread
 BUDGET_WAIT_S = 5.0            # how long a large request may wait for decoding memory before a 503
@@ -97,6 +100,10 @@ class HttpApp:
             _only(method, "POST")
             ready_only = _json_object(await self._read(request), "repository index request").get("ready", False)
             return 200, {}, json.dumps(self.model.repository_index(ready_only is True)).encode()
+        match = _REPOSITORY_PATH.match(path)
+        if match:
+            _only(method, "POST")
+            return await self._load_or_unload(request, *match.groups())
         match = _MODEL_PATH.match(path)
         if not match:
             raise OipError(P.NOT_FOUND, f"no route {method} {path}")
@@ -116,6 +123,16 @@ class HttpApp:
             return (200 if ready else 503), {}, b'{"ready":true}' if ready else b'{"ready":false}'
         self.model.check(name, version)
         return 200, {}, json.dumps(self.model.metadata()).encode()
+
+    async def _load_or_unload(self, request: BaseRequest, name: str, action: str):
+        parameters = _json_object(await self._read(request), f"repository {action} request").get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise OipError(P.BAD_REQUEST, f"repository {action} request: 'parameters' must be a JSON object")
+        if action == "unload":
+            self.model.unload(name)
+        # loading a version takes seconds: off the event loop, which keeps serving the current one meanwhile
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.model.load, name, parameters)
+        return 200, {}, b""
 
     async def _infer(self, request: BaseRequest, name: str, version: str):
         if self.server.draining:

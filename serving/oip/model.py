@@ -117,6 +117,34 @@ class OipModel:
                 entries.append({"name": self.name, "version": str(v), "state": "UNAVAILABLE", "reason": reason})
         return entries
 
+    def load(self, name: str, parameters: dict) -> None:
+        """Triton's repository load, for the one model served: look for a newer version on disk now and serve
+        the newest that passes its checks, before answering (blocking: call it off the event loop). Every other
+        worker of a `--workers` group is told to look too. OipError when the newest version on disk was refused
+        (with why; the served version keeps serving)."""
+        from serving.supervisor import reload_all_workers
+
+        self._check_name(name)
+        if parameters:
+            raise OipError(BAD_REQUEST, f"load parameters ({', '.join(sorted(parameters))}) are not supported: "
+                                        "publish the model as a new numbered version directory and load again")
+        if self.runtime.draining:
+            raise OipError(UNAVAILABLE, "the server is shutting down")
+        self.runtime.check_now()
+        reload_all_workers()
+        status = self.runtime.status()
+        on_disk = status["available"] if isinstance(status["available"], list) else []
+        newest = str(max(on_disk)) if on_disk else None
+        if newest in status["refused"]:
+            raise OipError(BAD_REQUEST, f"failed to load '{name}' version {newest}: {status['refused'][newest]}; "
+                                        f"version {status['serving']} keeps serving")
+
+    def unload(self, name: str) -> None:
+        """Triton's repository unload: not offered (this server exists to serve its one model)."""
+        self._check_name(name)
+        raise OipError(BAD_REQUEST, f"unloading is not offered: this server serves only '{self.name}'; stop it "
+                                    "with SIGTERM (requests in flight finish first)")
+
     def metadata(self) -> dict:
         return {"name": self.name, "versions": self.versions(), "platform": self.platform,
                 "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs]}

@@ -88,10 +88,10 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
         fields(msg, spec, oneof)
         return msg
 
-    def parameters_map(msg, full_name: str, number: int) -> None:
+    def parameters_map(msg, full_name: str, number: int, value: str = ".inference.InferParameter") -> None:
         entry = msg.nested_type.add(name="ParametersEntry")
         entry.options.map_entry = True
-        fields(entry, [("key", 1, "string", False), ("value", 2, ".inference.InferParameter", False)])
+        fields(entry, [("key", 1, "string", False), ("value", 2, value, False)])
         fields(msg, [("parameters", number, f"{full_name}.ParametersEntry", True)])
 
     for name, spec in [("ServerLiveRequest", []), ("ServerLiveResponse", [("live", 1, "bool", False)]),
@@ -140,6 +140,7 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
     fields(tres, [("contents", 5, ".inference.InferTensorContents", False)])
 
     _statistics_messages(message)
+    _repository_messages(message, parameters_map)
     _config_messages(message, fields, fdp)
 
     service = fdp.service.add(name="GRPCInferenceService")
@@ -174,11 +175,23 @@ def _statistics_messages(message) -> None:
     entry.options.map_entry = True
     message("ModelStatisticsRequest", [("name", 1, "string", False), ("version", 2, "string", False)])
     message("ModelStatisticsResponse", [("model_stats", 1, ".inference.ModelStatistics", True)])
+
+
+def _repository_messages(message, parameters_map) -> None:
+    """Triton's model repository extension: the index, load and unload."""
     message("RepositoryIndexRequest", [("repository_name", 1, "string", False), ("ready", 2, "bool", False)])
     index = message("RepositoryIndexResponse", [
         ("models", 1, ".inference.RepositoryIndexResponse.ModelIndex", True)])
     message("ModelIndex", [("name", 1, "string", False), ("version", 2, "string", False),
                            ("state", 3, "string", False), ("reason", 4, "string", False)], parent=index)
+    message("ModelRepositoryParameter", [("bool_param", 1, "bool", False), ("int64_param", 2, "int64", False),
+                                         ("string_param", 3, "string", False), ("bytes_param", 4, "bytes", False)],
+            oneof="parameter_choice")
+    for action in ("Load", "Unload"):
+        request = message(f"RepositoryModel{action}Request", [("repository_name", 1, "string", False),
+                                                              ("model_name", 2, "string", False)])
+        parameters_map(request, f".inference.RepositoryModel{action}Request", 3, ".inference.ModelRepositoryParameter")
+        message(f"RepositoryModel{action}Response", [])
 
 
 def _config_messages(message, fields, fdp) -> None:
@@ -217,7 +230,8 @@ def _config_messages(message, fields, fdp) -> None:
 METHODS = {"ServerLive": "ServerLiveRequest", "ServerReady": "ServerReadyRequest", "ModelReady": "ModelReadyRequest",
            "ServerMetadata": "ServerMetadataRequest", "ModelMetadata": "ModelMetadataRequest",
            "ModelInfer": "ModelInferRequest", "ModelConfig": "ModelConfigRequest",
-           "ModelStatistics": "ModelStatisticsRequest", "RepositoryIndex": "RepositoryIndexRequest"}
+           "ModelStatistics": "ModelStatisticsRequest", "RepositoryIndex": "RepositoryIndexRequest",
+           "RepositoryModelLoad": "RepositoryModelLoadRequest", "RepositoryModelUnload": "RepositoryModelUnloadRequest"}
 _POOL = descriptor_pool.DescriptorPool()
 _POOL.Add(_file_descriptor())
 # messages defined exactly as in Triton's grpc_service.proto (every field)
@@ -228,7 +242,9 @@ MESSAGES = {name: message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"
                          "ModelInferRequest", "ModelInferResponse", "ModelStatisticsRequest",
                          "ModelStatisticsResponse", "ModelStatistics", "InferStatistics", "InferResponseStatistics",
                          "InferBatchStatistics", "StatisticDuration", "MemoryUsage", "RepositoryIndexRequest",
-                         "RepositoryIndexResponse", "ModelConfigRequest", "ModelConfigResponse")}
+                         "RepositoryIndexResponse", "ModelConfigRequest", "ModelConfigResponse",
+                         "ModelRepositoryParameter", "RepositoryModelLoadRequest", "RepositoryModelLoadResponse",
+                         "RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse")}
 # ModelConfig (model_config.proto) and the messages it holds: only the fields this server fills
 CONFIG_MESSAGES = {name: message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
                    for name in ("ModelConfig", "ModelInput", "ModelOutput",
