@@ -113,6 +113,9 @@ def _stats(server, transport: str) -> dict:
     stats = {k: int(entry.get(k, 0)) for k in ("inference_count", "execution_count", "last_inference")}
     for k, v in entry["inference_stats"].items():
         stats[k] = (int(v.get("count", 0)), int(v.get("ns", 0)))
+    stats["batches"] = {int(b["batch_size"]): tuple((int(b[k].get("count", 0)), int(b[k].get("ns", 0)))
+                                                    for k in ("compute_input", "compute_infer", "compute_output"))
+                        for b in entry.get("batch_stats", [])}
     return stats
 
 
@@ -139,6 +142,14 @@ def test_statistics_extension_counts_requests_samples_and_model_calls(server, go
     assert after["success"][1] >= after["compute_infer"][1] and after["queue"][1] >= 0
     assert after["success"][1] == pytest.approx(after["queue"][1] + after["compute_infer"][1], abs=10)
     assert abs(after["last_inference"] / 1000 - time.time()) < 60
+    # batch_stats: every model call under its exact batch size (the golden self-check's 40 rows among them)
+    calls = {size: infer[0] for size, (_, infer, _) in after["batches"].items()}
+    assert sum(calls.values()) == after["execution_count"]
+    assert sum(size * n for size, n in calls.items()) == after["inference_count"]
+    new = {size: n - before["batches"].get(size, ((0, 0),) * 3)[1][0] for size, n in calls.items()}
+    assert sum(new.values()) == after["execution_count"] - before["execution_count"]
+    assert all(size % 3 == 0 for size, n in new.items() if n)  # merged requests of 3 rows each
+    assert all(infer[1] > 0 and inp == (infer[0], 0) == out for inp, infer, out in after["batches"].values())
     everything = requests.get(server.url + "/v2/models/stats", timeout=10).json()["model_stats"]
     assert [(m["name"], m["version"]) for m in everything] == [("deepfm", "0")]
     for call in (lambda: http.get_inference_statistics("deepfm", "7"), lambda: http.get_inference_statistics("x"),

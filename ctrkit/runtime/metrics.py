@@ -11,6 +11,9 @@ Runtime metrics (every front-end shares them; `version` and `backend` labels on 
   number of model calls)
 - `ctrkit_runtime_request_compute_seconds_total{version,backend}`: model-call time attributed to the requests it
   answered (each request counts its batch's whole call, as Triton's `compute_infer` does)
+- `ctrkit_runtime_model_calls_by_batch_size_total{version,backend,batch_size}` and
+  `ctrkit_runtime_model_call_seconds_by_batch_size_total{...}`: model calls and their time per exact batch size
+  (Triton's `batch_stats`; one series per size that occurred, at most `--batch_max_samples` of them)
 - `ctrkit_runtime_last_inference_timestamp_seconds{version,backend}`: when the last model call finished
 - `ctrkit_runtime_queue_depth`, `ctrkit_runtime_ready`, `ctrkit_runtime_model_version`,
   `ctrkit_runtime_version_loads_total{result}` (loaded, refused), and the standard `process_*` metrics.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client import generate_latest
@@ -56,6 +59,10 @@ class RuntimeMetrics:
         self.request_compute = Counter("ctrkit_runtime_request_compute_seconds", "Model-call time attributed to the "
                                        "requests it answered (each counts its batch's whole call)", labels,
                                        registry=r)
+        self.calls_by_size = Counter("ctrkit_runtime_model_calls_by_batch_size", "Model calls per exact batch size",
+                                     labels + ["batch_size"], registry=r)
+        self.call_seconds_by_size = Counter("ctrkit_runtime_model_call_seconds_by_batch_size", "Time in model calls "
+                                            "per exact batch size", labels + ["batch_size"], registry=r)
         self.last_inference = Gauge("ctrkit_runtime_last_inference_timestamp_seconds", "When the last model call "
                                     "finished (Unix time)", labels, registry=r, multiprocess_mode="max")
         self.queue_depth = Gauge("ctrkit_runtime_queue_depth", "Requests waiting for a model instance",
@@ -90,17 +97,20 @@ class RuntimeMetrics:
             if not family.name.startswith("ctrkit_runtime_"):
                 continue
             for sample in family.samples:
-                field = _STATISTIC_SAMPLES.get(sample.name)
-                if field is None or "version" not in sample.labels:
+                stat = _STATISTIC_SAMPLES.get(sample.name)
+                if stat is None or "version" not in sample.labels:
                     continue
                 key = (sample.labels["version"], sample.labels["backend"])
                 entry = stats.setdefault(key, VersionStatistics())
-                if field == "requests":
-                    field = "succeeded" if sample.labels.get("result") == "ok" else "failed"
-                if field == "last_inference_s":
+                if stat == "requests":
+                    stat = "succeeded" if sample.labels.get("result") == "ok" else "failed"
+                if stat in ("calls", "seconds"):  # per batch size: [model calls, seconds]
+                    totals = entry.batches.setdefault(int(sample.labels["batch_size"]), [0, 0.0])
+                    totals[stat == "seconds"] += sample.value
+                elif stat == "last_inference_s":
                     entry.last_inference_s = max(entry.last_inference_s, sample.value)
                 else:
-                    setattr(entry, field, getattr(entry, field) + sample.value)
+                    setattr(entry, stat, getattr(entry, stat) + sample.value)
         return stats
 
 
@@ -116,6 +126,7 @@ class VersionStatistics:
     samples: float = 0
     model_calls: float = 0
     last_inference_s: float = 0.0
+    batches: dict[int, list] = field(default_factory=dict)  # batch size -> [model calls, seconds]
 
 
 _STATISTIC_SAMPLES = {"ctrkit_runtime_requests_total": "requests",
@@ -123,7 +134,9 @@ _STATISTIC_SAMPLES = {"ctrkit_runtime_requests_total": "requests",
                       "ctrkit_runtime_request_compute_seconds_total": "compute_s",
                       "ctrkit_runtime_request_batch_size_sum": "samples",
                       "ctrkit_runtime_model_call_seconds_count": "model_calls",
-                      "ctrkit_runtime_last_inference_timestamp_seconds": "last_inference_s"}
+                      "ctrkit_runtime_last_inference_timestamp_seconds": "last_inference_s",
+                      "ctrkit_runtime_model_calls_by_batch_size_total": "calls",
+                      "ctrkit_runtime_model_call_seconds_by_batch_size_total": "seconds"}
 
 
 class VersionMetrics:
@@ -138,6 +151,7 @@ class VersionMetrics:
         self.model_calls = m.model_calls.labels(version, backend)
         self.request_compute = m.request_compute.labels(version, backend)
         self.last_inference = m.last_inference.labels(version, backend)
+        self._by_size: dict[int, tuple] = {}  # batch size -> its (calls, seconds) children, resolved once
 
     def batch_done(self, samples: int, requests: int, seconds: float) -> None:
         """After each model call (the batcher's OnBatch)."""
@@ -145,6 +159,13 @@ class VersionMetrics:
         self.model_calls.observe(seconds)
         self.request_compute.inc(seconds * requests)
         self.last_inference.set(time.time())
+        by_size = self._by_size.get(samples)
+        if by_size is None:
+            labels = (*self._labels, str(samples))
+            by_size = self._by_size[samples] = (self._m.calls_by_size.labels(*labels),
+                                                self._m.call_seconds_by_size.labels(*labels))
+        by_size[0].inc()
+        by_size[1].inc(seconds)
 
     def error(self, kind: str) -> None:
         self._m.requests.labels(*self._labels, kind).inc()

@@ -181,7 +181,7 @@ def _version_statistics(name: str, version: str, s: VersionStatistics) -> dict:
     """One version's totals in Triton's ModelStatistics shape. Every request's time in the runtime is `success`;
     its batch's model call is `compute_infer` (input merging and output slicing included, so compute_input and
     compute_output are 0 ns); the rest, validation and waiting for the batcher, is `queue`. Failed requests are
-    counted, not timed; there is no response cache."""
+    counted, not timed; there is no response cache. `batch_stats`: model calls and their time per batch size."""
     ok = s.succeeded
     return {"name": name, "version": version, "last_inference": int(s.last_inference_s * 1000),
             "inference_count": int(s.samples), "execution_count": int(s.model_calls),
@@ -190,7 +190,9 @@ def _version_statistics(name: str, version: str, s: VersionStatistics) -> dict:
                                 "compute_input": _duration(ok, 0.0), "compute_infer": _duration(ok, s.compute_s),
                                 "compute_output": _duration(ok, 0.0), "cache_hit": _duration(0, 0.0),
                                 "cache_miss": _duration(0, 0.0)},
-            "batch_stats": []}
+            "batch_stats": [{"batch_size": size, "compute_input": _duration(calls, 0.0),
+                             "compute_infer": _duration(calls, seconds), "compute_output": _duration(calls, 0.0)}
+                            for size, (calls, seconds) in sorted(s.batches.items())]}
 
 
 def _config_tensor(t: TensorSpec) -> dict:
