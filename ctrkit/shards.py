@@ -115,9 +115,9 @@ class ShardFileWriter:
     def __init__(self, directory: str, name: str, columns: dict[str, tuple[np.dtype, int]]):
         self.directory, self.name, self.rows = directory, name, 0
         self.columns = columns
-        self._files = contextlib.ExitStack()
+        self._writes = contextlib.ExitStack()
         try:
-            self._open = {c: self._files.enter_context(atomic_write(os.path.join(directory, f"{name}.{c}"), "wb"))
+            self._files = {c: self._writes.enter_context(atomic_write(os.path.join(directory, f"{name}.{c}"), "wb"))
                           for c in columns}
         except BaseException:
             self.abort()
@@ -133,12 +133,12 @@ class ShardFileWriter:
             if not data.size:  # a zero-width column (a schema without numeric fields): an empty file
                 continue
             raw = data.data.cast("B")
-            self._open[column].write(raw)
+            self._files[column].write(raw)
             self._hashes[column].update(raw)
         self.rows += rows
 
     def close(self) -> dict:
-        self._files.close()  # every column file flushed, fsync'ed and renamed into place
+        self._writes.close()  # every column file flushed, fsync'ed and renamed into place
         files = {column: {"size": self.rows * dtype.itemsize * width, "sha256": self._hashes[column].hexdigest()}
                  for column, (dtype, width) in self.columns.items()}
         return {"name": self.name, "rows": self.rows, "files": files}
@@ -146,7 +146,7 @@ class ShardFileWriter:
     def abort(self) -> None:
         """Remove the files written so far (atomic_write removes its file when its block ends by an error)."""
         aborted = ShardAborted(f"shard {self.name} in {self.directory} aborted")
-        self._files.__exit__(ShardAborted, aborted, None)
+        self._writes.__exit__(ShardAborted, aborted, None)
 
 
 class ShardAborted(Exception):

@@ -159,8 +159,8 @@ def add_runtime_flags(parser: argparse.ArgumentParser, serving: bool = True, cpu
                        "(0: merge only what is already queued, adding no latency)")
         g.add_argument("--batch_join_us", type=float, default=BatchingOptions.join_us, help="asyncio front-ends: when requests are "
                        "known to be arriving (e.g. gRPC messages being received), a model call waits up to this many "
-                       "microseconds for them to join its batch, and never longer than the model's calls take (0: off; an idle "
-                       "server never waits)")
+                       "microseconds for them to join its batch, and never longer than the model's calls take "
+                       "(0: off; an idle server never waits)")
         g.add_argument("--batch_max_samples", type=int, default=1024, help="largest merged model batch")
         g.add_argument("--max_batch_size", type=int, default=4096, help="largest batch one request may carry")
         g.add_argument("--version_poll_s", type=float, default=5.0, help="how often to look for a new model "

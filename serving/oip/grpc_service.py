@@ -67,7 +67,7 @@ def _handlers(server) -> dict:
         return M["RepositoryModelLoadResponse"]()
 
     def repository_model_unload(req, ctx):
-        model.unload(req.model_name)
+        model.unload(req.model_name)  # refuses (OipError): one model per server
 
     async def model_infer(req, ctx):
         response, version = await server.infer_grpc(req)
