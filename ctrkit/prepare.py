@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctrkit.data.parsing import DataFormatError, Layout, _blank_layout, find_layout, parse_block
+from ctrkit.data.parsing import DataFormatError, Layout, blank_layout, find_layout, parse_block
 from ctrkit.data.reader import iter_blocks, list_data_files
 from ctrkit.fsutil import write_json_atomic
 from ctrkit.shards import (MANIFEST, SHARD_NAME, ShardFileWriter, check_shard_files, id_dtype_for, spec_columns,
@@ -181,7 +181,7 @@ class _InputReader:
                     lines = block.count(b"\n")
                     take = min(lines, shard_end - global_line)
                     cut = len(block) if take == lines else _cut_after_lines(block, take)
-                    yield _Task(block[:cut], layout or _blank_layout(self.spec), path, first_line, global_line)
+                    yield _Task(block[:cut], layout or blank_layout(self.spec), path, first_line, global_line)
                     block, offset = block[cut:], offset + cut
                     first_line, global_line = first_line + take, global_line + take
                     if global_line == shard_end:

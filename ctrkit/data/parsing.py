@@ -525,12 +525,12 @@ def parse_lines(lines: Iterable[str | bytes], spec, source: str = "<input>",
     if not stripped:
         return ParseResult(_empty_for(spec, 0, False), 0)
     block = b"\n".join(line[:-1] if line.endswith(b"\n") else line for line in stripped) + b"\n"
-    layout = find_layout(block, spec, source, first_line_number) or _blank_layout(spec)
+    layout = find_layout(block, spec, source, first_line_number) or blank_layout(spec)
     batch, errors = parse_block(block, layout, spec, source, first_line_number, skip_bad, stats)
     return ParseResult(batch, len(errors))
 
 
-def _blank_layout(spec) -> Layout:
+def blank_layout(spec) -> Layout:
     """The layout a block of blank lines only is parsed with (every line is then an error)."""
     if criteo_spec(spec) is not None:
         return Layout("slot", False)
@@ -573,7 +573,7 @@ class FileParser:
         if self.layout is None:
             self.layout = find_layout(block, self.spec, self.source, first_line_number)
             self.detected_at = first_line_number
-        layout = self.layout or _blank_layout(self.spec)
+        layout = self.layout or blank_layout(self.spec)
         try:
             batch, errors = parse_block(block, layout, self.spec, self.source, first_line_number, self.skip_bad,
                                         self.truncated)

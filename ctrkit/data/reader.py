@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ctrkit.data.parsing import Batch, DataFormatError, Layout, _blank_layout, find_layout, parse_block
+from ctrkit.data.parsing import Batch, DataFormatError, Layout, blank_layout, find_layout, parse_block
 from ctrkit.data.spec import FeatureSpec
 from ctrkit.rebatch import rebatch
 
@@ -102,7 +102,7 @@ def iter_parsed_blocks(files: Sequence[str], spec: FeatureSpec | FeatureSchema, 
             block_number += 1
             if mine:
                 # a block of blank lines only, before any data line, is parsed as such: every line is an error
-                batch, errors = parse_block(block, layout or _blank_layout(spec), spec, path, first_line, skip_bad,
+                batch, errors = parse_block(block, layout or blank_layout(spec), spec, path, first_line, skip_bad,
                                             stats)
                 yield ParsedBlock(path, batch, errors)
 

@@ -33,9 +33,7 @@ def _handlers(server) -> dict:
         return M["ServerReadyResponse"](ready=server.ready)
 
     def model_ready(req, ctx):
-        if req.name != model.name:
-            raise OipError(P.NOT_FOUND, f"unknown model '{req.name}'; this server serves '{model.name}'")
-        return M["ModelReadyResponse"](ready=server.ready and (not req.version or req.version == model.version))
+        return M["ModelReadyResponse"](ready=server.model_ready(req.name, req.version))
 
     def server_metadata(req, ctx):
         return M["ServerMetadataResponse"](**server.server_metadata())

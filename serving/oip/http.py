@@ -117,9 +117,7 @@ class HttpApp:
         if action == "/config":
             return 200, {}, json.dumps(self.model.config(name, version or "")).encode()
         if action == "/ready":
-            if name != self.model.name:
-                raise OipError(P.NOT_FOUND, f"unknown model '{name}'; this server serves '{self.model.name}'")
-            ready = self.server.ready and (not version or version == self.model.version)
+            ready = self.server.model_ready(name, version or "")
             return (200 if ready else 503), {}, b'{"ready":true}' if ready else b'{"ready":false}'
         self.model.check(name, version)
         return 200, {}, json.dumps(self.model.metadata()).encode()

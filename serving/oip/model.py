@@ -53,14 +53,15 @@ class OipModel:
 
     def check(self, name: str, version: str | None) -> None:
         """Raise OipError unless `name` (and `version`, when given) is what this server serves right now."""
-        self._check_name(name)
+        self.check_name(name)
         if not self.ready:
             raise OipError(UNAVAILABLE, f"model '{self.name}' is not ready")
         if version and version != self.version:
             raise OipError(NOT_FOUND, f"model '{self.name}' version '{version}' is not served; the served version "
                                       f"is {self.version}")
 
-    def _check_name(self, name: str) -> None:
+    def check_name(self, name: str) -> None:
+        """Raise OipError (404) unless `name` is the model this server serves."""
         if name != self.name:
             raise OipError(NOT_FOUND, f"unknown model '{name}'; this server serves '{self.name}'")
 
@@ -68,7 +69,7 @@ class OipModel:
         """Triton's statistics extension: {"model_stats": [...]} for every version that is served or has answered
         requests (or only `version`); `name` "" means every model (this one). Totals since the server started."""
         if name:
-            self._check_name(name)
+            self.check_name(name)
         totals = {v: s for (v, backend), s in self.runtime.metrics.statistics().items()
                   if backend == self.backend and (s.succeeded or s.failed)}
         if self.ready:
@@ -104,9 +105,7 @@ class OipModel:
     def repository_index(self, ready_only: bool = False) -> list[dict]:
         """Triton's repository index: every version on disk (and the served one), READY or UNAVAILABLE with why."""
         status = self.runtime.status()
-        serving = status["serving"]
-        on_disk = status["available"] if isinstance(status["available"], list) else []
-        refused = status["refused"]
+        serving, on_disk, refused = status["serving"], _on_disk(status), status["refused"]
         entries = []
         for v in sorted(set(on_disk) | ({serving} if serving is not None else set())):
             if v == serving and self.ready:
@@ -124,7 +123,7 @@ class OipModel:
         (with why; the served version keeps serving)."""
         from serving.supervisor import reload_all_workers
 
-        self._check_name(name)
+        self.check_name(name)
         if parameters:
             raise OipError(BAD_REQUEST, f"load parameters ({', '.join(sorted(parameters))}) are not supported: "
                                         "publish the model as a new numbered version directory and load again")
@@ -133,7 +132,7 @@ class OipModel:
         self.runtime.check_now()
         reload_all_workers()
         status = self.runtime.status()
-        on_disk = status["available"] if isinstance(status["available"], list) else []
+        on_disk = _on_disk(status)
         newest = str(max(on_disk)) if on_disk else None
         if newest in status["refused"]:
             raise OipError(BAD_REQUEST, f"failed to load '{name}' version {newest}: {status['refused'][newest]}; "
@@ -141,7 +140,7 @@ class OipModel:
 
     def unload(self, name: str) -> None:
         """Triton's repository unload: not offered (this server exists to serve its one model)."""
-        self._check_name(name)
+        self.check_name(name)
         raise OipError(BAD_REQUEST, f"unloading is not offered: this server serves only '{self.name}'; stop it "
                                     "with SIGTERM (requests in flight finish first)")
 
@@ -171,6 +170,11 @@ class OipModel:
                 raise
             raise OipError(kind, str(e)) from None
         return {OUTPUT: result.probs.reshape(-1, 1)}, str(result.version)
+
+
+def _on_disk(status: dict) -> list[int]:
+    """The version numbers on disk of a runtime status ([] when the directory could not be listed)."""
+    return status["available"] if isinstance(status["available"], list) else []
 
 
 def _duration(count: float, seconds: float) -> dict:

@@ -83,6 +83,11 @@ class OipServer:
     def ready(self) -> bool:
         return self.model.ready and not self.draining
 
+    def model_ready(self, name: str, version: str) -> bool:
+        """Whether model `name` (at `version`, when given) is ready; OipError (404) for a model not served here."""
+        self.model.check_name(name)
+        return self.ready and (not version or version == self.model.version)
+
     def server_metadata(self) -> dict:
         from importlib.metadata import PackageNotFoundError, version
         try:
